@@ -1,0 +1,217 @@
+package inbox
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/inboxkit/inbox/internal/sqlident"
+)
+
+// Defaults of Config fields left zero.
+const (
+	DefaultSchema              = "inbox"
+	DefaultSource              = "default"
+	DefaultWorkers             = 4
+	DefaultBatchSize           = 50
+	DefaultStreamBatchSize     = 50
+	DefaultStreamsPerClaim     = 8
+	DefaultPollInterval        = time.Second
+	DefaultMaxAttempts         = 10
+	DefaultRetryInitial        = time.Second
+	DefaultRetryMax            = 10 * time.Minute
+	DefaultRetryJitter         = 0.5
+	DefaultHandlerTimeout      = 5 * time.Minute
+	DefaultMaxBodyBytes        = 1 << 20
+	DefaultRetention           = 24 * time.Hour
+	DefaultCleanupBatch        = 1000
+	DefaultMaintenanceInterval = 5 * time.Second
+	DefaultFirstSeq            = 1
+	DefaultGapTimeout          = time.Minute
+)
+
+// Limits on message fields, so an untrusted publisher cannot make rows huge
+// through the key columns.
+const (
+	MaxIDBytes     = 512
+	MaxStreamBytes = 512
+)
+
+// GapPolicy says what happens to a stream whose next sequence number has not
+// arrived within Config.GapTimeout while later ones have.
+type GapPolicy int
+
+const (
+	// GapWait keeps waiting for the missing message; the gap is reported in
+	// the log and in Stats, and the stream stays visible as waiting.
+	GapWait GapPolicy = iota
+	// GapSkip gives up on the missing sequence numbers: the stream moves on to
+	// the lowest one it has, and the skip is recorded on the stream.
+	GapSkip
+	// GapPark parks the stream until an operator retries or skips it.
+	GapPark
+)
+
+func (p GapPolicy) String() string {
+	switch p {
+	case GapWait:
+		return "wait"
+	case GapSkip:
+		return "skip"
+	case GapPark:
+		return "park"
+	}
+	return fmt.Sprintf("GapPolicy(%d)", int(p))
+}
+
+// Config tunes an Inbox. The zero value is usable: every field has a default.
+type Config struct {
+	// Schema holds the inbox tables (see package migrations). Defaults to
+	// DefaultSchema.
+	Schema string
+	// Source is the dedup namespace for messages stored without one.
+	// Defaults to DefaultSource.
+	Source string
+
+	// Workers is the number of concurrent workers in this process. Each holds
+	// one pool connection while it works. Defaults to DefaultWorkers.
+	Workers int
+	// BatchSize is how many unordered messages a worker claims at once.
+	// Defaults to DefaultBatchSize.
+	BatchSize int
+	// StreamBatchSize is how many consecutive messages of one claimed stream a
+	// worker handles in one transaction. Defaults to DefaultStreamBatchSize.
+	StreamBatchSize int
+	// StreamsPerClaim is how many ready streams a worker claims at once.
+	// Defaults to DefaultStreamsPerClaim.
+	StreamsPerClaim int
+	// PollInterval is how often idle workers look for work without a
+	// wake-up. Defaults to DefaultPollInterval.
+	PollInterval time.Duration
+	// DisableListen turns off LISTEN/NOTIFY wake-ups between processes;
+	// workers then rely on in-process wake-ups and polling.
+	DisableListen bool
+
+	// MaxAttempts is how many times a handler runs for one message before it
+	// is dead. Defaults to DefaultMaxAttempts.
+	MaxAttempts int
+	// RetryInitial, RetryMax and RetryJitter shape the exponential backoff
+	// between attempts (doubling from RetryInitial up to RetryMax, each delay
+	// randomised by ±RetryJitter). Default to DefaultRetryInitial,
+	// DefaultRetryMax and DefaultRetryJitter; a negative jitter means none.
+	RetryInitial time.Duration
+	RetryMax     time.Duration
+	RetryJitter  float64
+	// HandlerTimeout bounds one handler run; the handler's context is
+	// cancelled after it. Defaults to DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
+
+	// MaxBodyBytes rejects larger bodies at Store. Defaults to
+	// DefaultMaxBodyBytes.
+	MaxBodyBytes int
+	// StrictTopics makes Store reject messages whose topic has no handler
+	// registered on this Inbox.
+	StrictTopics bool
+
+	// Retention is how long processed messages keep their dedup key.
+	// Defaults to DefaultRetention.
+	Retention time.Duration
+	// CleanupBatch bounds one delete of expired rows. Defaults to
+	// DefaultCleanupBatch.
+	CleanupBatch int
+	// MaintenanceInterval is how often one instance runs cleanup and gap
+	// checks. Defaults to DefaultMaintenanceInterval.
+	MaintenanceInterval time.Duration
+
+	// FirstSeq is the first sequence number of every stream. Defaults to
+	// DefaultFirstSeq.
+	FirstSeq *int64
+	// GapTimeout is how long a stream waits for a missing sequence number
+	// before GapPolicy applies. Defaults to DefaultGapTimeout.
+	GapTimeout time.Duration
+	// GapPolicy is what happens after GapTimeout. Defaults to GapWait.
+	GapPolicy GapPolicy
+
+	// Logger receives the inbox's logs. Defaults to slog.Default().
+	Logger *slog.Logger
+	// Middleware wraps every registered handler, first one outermost.
+	Middleware []Middleware
+}
+
+func (c Config) withDefaults() Config {
+	setDefault(&c.Schema, DefaultSchema)
+	setDefault(&c.Source, DefaultSource)
+	setDefault(&c.Workers, DefaultWorkers)
+	setDefault(&c.BatchSize, DefaultBatchSize)
+	setDefault(&c.StreamBatchSize, DefaultStreamBatchSize)
+	setDefault(&c.StreamsPerClaim, DefaultStreamsPerClaim)
+	setDefault(&c.PollInterval, DefaultPollInterval)
+	setDefault(&c.MaxAttempts, DefaultMaxAttempts)
+	setDefault(&c.RetryInitial, DefaultRetryInitial)
+	setDefault(&c.RetryMax, DefaultRetryMax)
+	setDefault(&c.RetryJitter, DefaultRetryJitter)
+	setDefault(&c.HandlerTimeout, DefaultHandlerTimeout)
+	setDefault(&c.MaxBodyBytes, DefaultMaxBodyBytes)
+	setDefault(&c.Retention, DefaultRetention)
+	setDefault(&c.CleanupBatch, DefaultCleanupBatch)
+	setDefault(&c.MaintenanceInterval, DefaultMaintenanceInterval)
+	setDefault(&c.GapTimeout, DefaultGapTimeout)
+	if c.FirstSeq == nil {
+		first := int64(DefaultFirstSeq)
+		c.FirstSeq = &first
+	}
+	if c.RetryJitter < 0 {
+		c.RetryJitter = 0
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func setDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
+}
+
+func (c Config) validate() error {
+	if err := sqlident.Validate(c.Schema); err != nil {
+		return fmt.Errorf("inbox: Config.Schema: %w", err)
+	}
+	positive := []struct {
+		name string
+		ok   bool
+	}{
+		{"Workers", c.Workers > 0},
+		{"BatchSize", c.BatchSize > 0},
+		{"StreamBatchSize", c.StreamBatchSize > 0},
+		{"StreamsPerClaim", c.StreamsPerClaim > 0},
+		{"PollInterval", c.PollInterval > 0},
+		{"MaxAttempts", c.MaxAttempts > 0},
+		{"RetryInitial", c.RetryInitial > 0},
+		{"RetryMax", c.RetryMax >= c.RetryInitial},
+		{"HandlerTimeout", c.HandlerTimeout > 0},
+		{"MaxBodyBytes", c.MaxBodyBytes > 0},
+		{"Retention", c.Retention > 0},
+		{"CleanupBatch", c.CleanupBatch > 0},
+		{"MaintenanceInterval", c.MaintenanceInterval > 0},
+		{"GapTimeout", c.GapTimeout > 0},
+	}
+	for _, p := range positive {
+		if !p.ok {
+			return fmt.Errorf("inbox: Config.%s must be positive (RetryMax at least RetryInitial)", p.name)
+		}
+	}
+	if c.RetryJitter > 1 {
+		return fmt.Errorf("inbox: Config.RetryJitter %v must be at most 1", c.RetryJitter)
+	}
+	if c.GapPolicy < GapWait || c.GapPolicy > GapPark {
+		return fmt.Errorf("inbox: Config.GapPolicy %d is not a GapPolicy", c.GapPolicy)
+	}
+	if len(c.Source) > MaxIDBytes {
+		return fmt.Errorf("inbox: Config.Source is longer than %d bytes", MaxIDBytes)
+	}
+	return nil
+}

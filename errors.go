@@ -1,0 +1,87 @@
+package inbox
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrTxOwned is returned by Commit and Rollback on the transaction given to
+// a Handler: the inbox commits it, together with the message's done-mark.
+var ErrTxOwned = errors.New("inbox: the handler's transaction is committed by the inbox; return an error to roll back")
+
+// Rejection reasons of an InvalidMessageError.
+const (
+	ReasonMissingID     = "missing message id"
+	ReasonIDTooLong     = "message id too long"
+	ReasonMissingTopic  = "missing topic"
+	ReasonUnknownTopic  = "unknown topic"
+	ReasonBodyTooLarge  = "body too large"
+	ReasonBadSequence   = "bad sequence number"
+	ReasonStreamTooLong = "stream key too long"
+	ReasonInvalidText   = "invalid text"
+)
+
+// InvalidMessageError says why a message cannot be stored. Nothing of a batch
+// that contains an invalid message is stored.
+type InvalidMessageError struct {
+	Index  int    // position in the batch given to Store
+	ID     string // the message ID, possibly empty
+	Reason string // one of the Reason constants
+	Detail string
+}
+
+func (e *InvalidMessageError) Error() string {
+	msg := fmt.Sprintf("inbox: invalid message %d (id %q): %s", e.Index, e.ID, e.Reason)
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	return msg
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return "permanent: " + e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent wraps a handler error to say retrying cannot help: the message
+// goes dead at once (and parks its stream, for an ordered message).
+func Permanent(err error) error {
+	if err == nil {
+		err = errors.New("permanent failure")
+	}
+	return &permanentError{err: err}
+}
+
+type retryAfterError struct {
+	err   error
+	delay time.Duration
+}
+
+func (e *retryAfterError) Error() string {
+	return fmt.Sprintf("retry after %s: %v", e.delay, e.err)
+}
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter wraps a handler error to choose the delay before the next
+// attempt instead of the backoff. The attempt still counts towards
+// Config.MaxAttempts.
+func RetryAfter(delay time.Duration, err error) error {
+	if err == nil {
+		err = errors.New("retry requested")
+	}
+	if delay < 0 {
+		delay = 0
+	}
+	return &retryAfterError{err: err, delay: delay}
+}
+
+// PanicError is the failure recorded when a handler panics.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("handler panicked: %v\n%s", e.Value, e.Stack)
+}

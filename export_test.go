@@ -1,0 +1,17 @@
+package inbox
+
+import "time"
+
+// Hooks for this package's external tests.
+
+// SetPreCommitHook runs fn in each worker just before it commits a batch.
+func (in *Inbox) SetPreCommitHook(fn func()) { in.hooks.onPreCommit = fn }
+
+// SetListenHook reports the backend PID of the LISTEN connection.
+func (in *Inbox) SetListenHook(fn func(pid uint32)) { in.hooks.onListen = fn }
+
+// MaintainOnce runs one maintenance pass now.
+var MaintainOnce = (*Inbox).maintainOnce
+
+// RetryDelay exposes the backoff schedule.
+func (c Config) RetryDelay(attempt int) time.Duration { return c.withDefaults().retryDelay(attempt) }

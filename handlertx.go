@@ -1,0 +1,132 @@
+package inbox
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// handlerTx is the transaction handed to a handler. Several messages share
+// one database transaction; a savepoint around each handler's writes lets a
+// failing handler roll back only its own. The savepoint is opened lazily, on
+// the handler's first statement, so handlers that do not write cost no
+// round trip.
+type handlerTx struct {
+	tx     pgx.Tx
+	opened bool
+}
+
+const (
+	savepointOpen     = "SAVEPOINT inbox_handler"
+	savepointRelease  = "RELEASE SAVEPOINT inbox_handler"
+	savepointRollback = "ROLLBACK TO SAVEPOINT inbox_handler; RELEASE SAVEPOINT inbox_handler"
+)
+
+func (h *handlerTx) ensure(ctx context.Context) error {
+	if h.opened {
+		return nil
+	}
+	if _, err := h.tx.Exec(ctx, savepointOpen); err != nil {
+		return err
+	}
+	h.opened = true
+	return nil
+}
+
+// finish releases the savepoint after a successful handler, or rolls back to
+// it after a failed one. An error means the transaction is unusable.
+func (h *handlerTx) finish(ctx context.Context, handlerFailed bool) error {
+	if !h.opened {
+		return nil
+	}
+	h.opened = false
+	sql := savepointRelease
+	if handlerFailed {
+		sql = savepointRollback
+	}
+	_, err := h.tx.Exec(ctx, sql)
+	return err
+}
+
+func (h *handlerTx) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := h.ensure(ctx); err != nil {
+		return nil, err
+	}
+	return h.tx.Begin(ctx)
+}
+
+// Commit returns ErrTxOwned: the inbox commits with the done-mark.
+func (h *handlerTx) Commit(context.Context) error { return ErrTxOwned }
+
+// Rollback returns ErrTxOwned: return an error from the handler instead.
+func (h *handlerTx) Rollback(context.Context) error { return ErrTxOwned }
+
+func (h *handlerTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if err := h.ensure(ctx); err != nil {
+		return 0, err
+	}
+	return h.tx.CopyFrom(ctx, table, columns, src)
+}
+
+func (h *handlerTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if err := h.ensure(ctx); err != nil {
+		return errBatchResults{err: err, tx: h}
+	}
+	return h.tx.SendBatch(ctx, b)
+}
+
+func (h *handlerTx) LargeObjects() pgx.LargeObjects {
+	// No error return here; if the savepoint fails, the handler's next
+	// statement reports it.
+	_ = h.ensure(context.Background())
+	return h.tx.LargeObjects()
+}
+
+func (h *handlerTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if err := h.ensure(ctx); err != nil {
+		return nil, err
+	}
+	return h.tx.Prepare(ctx, name, sql)
+}
+
+func (h *handlerTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := h.ensure(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return h.tx.Exec(ctx, sql, args...)
+}
+
+func (h *handlerTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := h.ensure(ctx); err != nil {
+		return nil, err
+	}
+	return h.tx.Query(ctx, sql, args...)
+}
+
+func (h *handlerTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := h.ensure(ctx); err != nil {
+		return errRow{err}
+	}
+	return h.tx.QueryRow(ctx, sql, args...)
+}
+
+func (h *handlerTx) Conn() *pgx.Conn {
+	_ = h.ensure(context.Background())
+	return h.tx.Conn()
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
+type errBatchResults struct {
+	err error
+	tx  pgx.Tx
+}
+
+func (r errBatchResults) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, r.err }
+func (r errBatchResults) Query() (pgx.Rows, error)         { return nil, r.err }
+func (r errBatchResults) QueryRow() pgx.Row                { return errRow{r.err} }
+func (r errBatchResults) Close() error                     { return r.err }
+func (r errBatchResults) Tx() pgx.Tx                       { return r.tx }

@@ -1,0 +1,65 @@
+package inbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// maintain runs the periodic chores: deleting processed rows past their
+// retention and sweeping stream gaps. Every instance runs the loop; a
+// transaction-level advisory lock lets one of them at a time do the work.
+func (in *Inbox) maintain(ctx context.Context) {
+	ticker := time.NewTicker(in.cfg.MaintenanceInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if err := in.maintainOnce(ctx); err != nil && ctx.Err() == nil {
+			in.log.warn("inbox maintenance failed", "error", err)
+		}
+	}
+}
+
+// maintainOnce runs the chores if no other instance is running them. The
+// session-level advisory lock lives on one pooled connection for the length
+// of the run; if this process dies, the server drops it with the connection.
+func (in *Inbox) maintainOnce(ctx context.Context) error {
+	conn, err := in.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire connection: %w", err)
+	}
+	defer conn.Release()
+	key := "inbox-maintain:" + in.cfg.Schema
+	var leader bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", key).Scan(&leader); err != nil {
+		return fmt.Errorf("take maintenance lock: %w", err)
+	}
+	if !leader {
+		return nil
+	}
+	defer func() {
+		unlockCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(unlockCtx, "SELECT pg_advisory_unlock(hashtext($1))", key); err != nil {
+			// Never hand a connection that may still hold the lock back
+			// to the pool.
+			_ = conn.Conn().Close(unlockCtx)
+		}
+	}()
+	if _, err := in.sweepGaps(ctx, conn); err != nil {
+		return err
+	}
+	for {
+		deleted, err := in.cleanup(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if deleted < int64(in.cfg.CleanupBatch) || ctx.Err() != nil {
+			return nil
+		}
+	}
+}

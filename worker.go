@@ -1,0 +1,344 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// A worker claims messages in a transaction of its own and runs their
+// handlers inside it. The claim is a row lock: unordered messages are locked
+// with FOR UPDATE SKIP LOCKED, ordered ones through their stream's row. If
+// the worker, its connection or its process dies, the server rolls the
+// transaction back and the locks go with it, so another worker takes the
+// messages over at once, and nothing the dead handler wrote survives.
+type worker struct {
+	in   *Inbox
+	id   int
+	wake chan struct{}
+}
+
+// maxErrorWait caps the pause of a worker whose claims keep failing
+// (database down): long enough not to spin, short enough to recover fast.
+const maxErrorWait = 30 * time.Second
+
+func (w *worker) run(claimCtx, workCtx context.Context) {
+	failures := 0
+	for claimCtx.Err() == nil {
+		found, err := w.in.work(claimCtx, workCtx)
+		if claimCtx.Err() != nil {
+			return
+		}
+		wait := w.in.cfg.PollInterval
+		switch {
+		case err != nil:
+			failures++
+			wait = min(time.Duration(failures)*100*time.Millisecond, maxErrorWait)
+			w.in.log.warn("inbox worker: batch failed; its messages stay pending", "worker", w.id, "error", err, "retry_in", wait)
+		case found > 0:
+			failures = 0
+			continue
+		default:
+			failures = 0
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-claimCtx.Done():
+		case <-w.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// claim is what one transaction holds.
+type claim struct {
+	unordered []*Message
+	streams   []*streamWork
+}
+
+// results collects the outcome of every message of a claim, applied in one
+// round trip just before commit.
+type results struct {
+	done, duplicates []int64
+	failed           []failure
+	streams          []*streamWork
+}
+
+type failure struct {
+	msg   *Message
+	err   error
+	dead  bool
+	delay time.Duration
+}
+
+// errAbort marks errors after which the claim's transaction is unusable.
+type abortError struct {
+	msg *Message // the message whose handler was running, if any
+	err error
+}
+
+func (e *abortError) Error() string { return e.err.Error() }
+func (e *abortError) Unwrap() error { return e.err }
+
+// work claims one batch, runs its handlers and commits. It returns how many
+// messages it claimed.
+func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
+	topics := in.topics()
+	tx, err := in.pool.Begin(claimCtx)
+	if err != nil {
+		return 0, fmt.Errorf("begin claim: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			rollback(tx)
+		}
+	}()
+	c, err := in.claim(workCtx, tx, topics)
+	if err != nil {
+		return 0, err
+	}
+	n := len(c.unordered)
+	for _, s := range c.streams {
+		n += len(s.msgs)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	var res results
+	for _, m := range c.unordered {
+		if err := in.process(workCtx, tx, m, &res); err != nil {
+			return n, in.abort(workCtx, err)
+		}
+	}
+	for _, s := range c.streams {
+		if err := in.processStream(workCtx, tx, s, &res); err != nil {
+			return n, in.abort(workCtx, err)
+		}
+	}
+	if err := in.apply(workCtx, tx, &res); err != nil {
+		return n, in.abort(workCtx, err)
+	}
+	in.hooks.beforeCommit()
+	if err := tx.Commit(workCtx); err != nil {
+		// The outcome is unknown; either way nothing is lost: if the commit
+		// did not happen the messages are still pending.
+		return n, fmt.Errorf("commit batch of %d: %w", n, err)
+	}
+	committed = true
+	in.report(&res)
+	return n, nil
+}
+
+func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim, error) {
+	b := &pgx.Batch{}
+	b.Queue(in.sql.claimUnordered, in.cfg.BatchSize, topics)
+	b.Queue(in.sql.claimStreams, in.cfg.StreamsPerClaim, topics)
+	br := tx.SendBatch(ctx, b)
+	c := &claim{}
+	rows, err := br.Query()
+	if err == nil {
+		c.unordered, err = pgx.CollectRows(rows, scanUnordered)
+	}
+	if err == nil {
+		c.streams, err = collectStreams(br)
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim messages: %w", err)
+	}
+	if err := in.loadStreams(ctx, tx, c.streams); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func scanUnordered(row pgx.CollectableRow) (*Message, error) {
+	m := &Message{}
+	var headers map[string]string
+	err := row.Scan(&m.RowID, &m.Source, &m.ID, &m.Topic, &headers, &m.Body, &m.Attempt, &m.ReceivedAt)
+	m.Headers = headers
+	m.Attempt++
+	return m, err
+}
+
+// process runs one message's handler and records its outcome. A non-nil
+// error means the transaction is unusable and the batch must be abandoned.
+func (in *Inbox) process(ctx context.Context, tx pgx.Tx, m *Message, res *results) error {
+	if m.Attempt > in.cfg.MaxAttempts {
+		// Earlier attempts broke their transaction (see abort) and were
+		// counted outside it; do not run the handler again.
+		res.failed = append(res.failed, failure{msg: m, dead: true,
+			err: fmt.Errorf("exceeded %d attempts", in.cfg.MaxAttempts)})
+		return nil
+	}
+	herr, err := in.runHandler(ctx, tx, m)
+	if err != nil {
+		return err
+	}
+	if herr == nil {
+		res.done = append(res.done, m.RowID)
+		return nil
+	}
+	res.failed = append(res.failed, in.judge(m, herr))
+	return nil
+}
+
+// runHandler calls the topic's handler inside a savepoint. herr is the
+// handler's failure; err means the transaction is lost.
+func (in *Inbox) runHandler(ctx context.Context, tx pgx.Tx, m *Message) (herr, err error) {
+	h := in.handler(m.Topic)
+	if h == nil {
+		return fmt.Errorf("no handler registered for topic %q", m.Topic), nil
+	}
+	htx := &handlerTx{tx: tx}
+	hctx, cancel := context.WithTimeout(ctx, in.cfg.HandlerTimeout)
+	herr = callHandler(hctx, h, htx, m)
+	cancel()
+	if ctx.Err() != nil {
+		return nil, &abortError{err: fmt.Errorf("stopped while handling message %d: %w", m.RowID, ctx.Err())}
+	}
+	if err := htx.finish(ctx, herr != nil); err != nil {
+		if herr == nil {
+			// The handler said success, but its writes failed: a swallowed
+			// SQL error, or a lost connection.
+			herr = fmt.Errorf("handler returned nil but its transaction failed: %w", err)
+		}
+		return nil, &abortError{msg: m, err: fmt.Errorf("handle message %d: %w", m.RowID, herr)}
+	}
+	return herr, nil
+}
+
+func callHandler(ctx context.Context, h Handler, tx pgx.Tx, m *Message) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return h(ctx, tx, m)
+}
+
+// judge turns a handler error into the message's next state.
+func (in *Inbox) judge(m *Message, herr error) failure {
+	f := failure{msg: m, err: herr}
+	var perm *permanentError
+	var after *retryAfterError
+	switch {
+	case errors.As(herr, &perm), m.Attempt >= in.cfg.MaxAttempts:
+		f.dead = true
+	case errors.As(herr, &after):
+		f.delay = after.delay
+	default:
+		f.delay = in.cfg.retryDelay(m.Attempt)
+	}
+	return f
+}
+
+// apply writes every outcome of the claim in one round trip.
+func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
+	b := &pgx.Batch{}
+	if len(res.done) > 0 {
+		b.Queue(in.sql.markDone, res.done)
+	}
+	if len(res.duplicates) > 0 {
+		b.Queue(in.sql.markDuplicate, res.duplicates)
+	}
+	for _, f := range res.failed {
+		state := "pending"
+		if f.dead {
+			state = "dead"
+		}
+		b.Queue(in.sql.markFailed, f.msg.RowID, errorText(f.err), state, f.delay.Seconds())
+	}
+	for _, s := range res.streams {
+		b.Queue(in.sql.updateStream, s.source, s.stream, s.nextSeq, s.inGap, s.parkReason, s.parkedMessage)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("record outcomes: %w", err)
+	}
+	return nil
+}
+
+// abort handles a lost transaction. The deferred rollback releases every
+// claim; if a handler was running when the transaction broke (a handler
+// timeout cancels the connection, for instance), its attempt is counted in a
+// statement of its own, so a message that always breaks the transaction
+// still ends dead instead of looping forever.
+func (in *Inbox) abort(ctx context.Context, err error) error {
+	var ae *abortError
+	if !errors.As(err, &ae) || ae.msg == nil || ctx.Err() != nil {
+		return err
+	}
+	m := ae.msg
+	f := in.judge(m, ae.err)
+	recordCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Guarded by the attempt count: if another worker has handled the
+	// message meanwhile, this changes nothing.
+	if _, rerr := in.pool.Exec(recordCtx, in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds()); rerr != nil {
+		in.log.warn("inbox: could not count attempt of message whose transaction broke", "row_id", m.RowID, "error", rerr)
+	}
+	return err
+}
+
+// report logs what changed for operators.
+func (in *Inbox) report(res *results) {
+	for _, f := range res.failed {
+		if f.dead {
+			in.log.warn("inbox: message is dead", "row_id", f.msg.RowID, "message_id", f.msg.ID, "topic", f.msg.Topic, "attempt", f.msg.Attempt, "error", firstLine(f.err))
+		} else {
+			in.log.debug("inbox: handler failed; will retry", "row_id", f.msg.RowID, "message_id", f.msg.ID, "topic", f.msg.Topic, "attempt", f.msg.Attempt, "retry_in", f.delay, "error", firstLine(f.err))
+		}
+	}
+	for _, s := range res.streams {
+		if s.parkReason != "" {
+			in.log.warn("inbox: stream parked", "source", s.source, "stream", s.stream, "reason", s.parkReason)
+		}
+	}
+}
+
+// maxErrorBytes bounds a stored error (panic stacks can be long).
+const maxErrorBytes = 8 << 10
+
+func errorText(err error) string {
+	s := err.Error()
+	if len(s) > maxErrorBytes {
+		s = s[:maxErrorBytes] + "…"
+	}
+	return toValidText(s)
+}
+
+func firstLine(err error) string {
+	s := err.Error()
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func rollback(tx pgx.Tx) {
+	// The context that broke the transaction may be done; roll back on a
+	// fresh, bounded one. An error means the connection is gone, and the
+	// server has rolled back by itself.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tx.Rollback(ctx)
+}
+
+// toValidText makes s storable in a text column: valid UTF-8, no NUL.
+func toValidText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
