@@ -1,0 +1,186 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Operations on dead messages and streams, for tools and for code. They
+// work on a stopped Inbox too.
+
+// ErrNotFound is returned when the message or stream an operation names does
+// not exist, or is not in a state the operation applies to.
+var ErrNotFound = errors.New("inbox: not found")
+
+// MessageInfo describes one stored message, for operators. Body is not
+// included; see Message for that.
+type MessageInfo struct {
+	RowID       int64
+	Source      string
+	ID          string
+	Topic       string
+	Stream      string
+	Seq         int64
+	State       string
+	Attempts    int
+	LastError   string
+	Headers     map[string]string
+	BodyBytes   int
+	ReceivedAt  time.Time
+	RunAt       time.Time
+	ProcessedAt *time.Time
+}
+
+// MessageFilter selects messages. Zero fields match everything.
+type MessageFilter struct {
+	State         string // "pending", "done" or "dead"
+	Topic         string
+	ErrorContains string // case-insensitive substring of the last error
+	Since, Until  time.Time
+	Limit         int // defaults to 100
+}
+
+const messageColumns = `id, source, message_id, topic, coalesce(stream, ''), coalesce(seq, 0), state, attempts,
+	coalesce(last_error, ''), headers, coalesce(length(body), 0), received_at, run_at, processed_at`
+
+func scanMessageInfo(row pgx.CollectableRow) (MessageInfo, error) {
+	var m MessageInfo
+	err := row.Scan(&m.RowID, &m.Source, &m.ID, &m.Topic, &m.Stream, &m.Seq, &m.State, &m.Attempts,
+		&m.LastError, &m.Headers, &m.BodyBytes, &m.ReceivedAt, &m.RunAt, &m.ProcessedAt)
+	return m, err
+}
+
+// where renders the filter as SQL conditions on bound arguments.
+func (f MessageFilter) where() (string, []any) {
+	var nullTime *time.Time
+	since, until := nullTime, nullTime
+	if !f.Since.IsZero() {
+		since = &f.Since
+	}
+	if !f.Until.IsZero() {
+		until = &f.Until
+	}
+	return `($1 = '' OR state = $1) AND ($2 = '' OR topic = $2)
+		AND ($3 = '' OR strpos(lower(coalesce(last_error, '')), lower($3)) > 0)
+		AND ($4::timestamptz IS NULL OR received_at >= $4) AND ($5::timestamptz IS NULL OR received_at < $5)`,
+		[]any{f.State, f.Topic, f.ErrorContains, since, until}
+}
+
+func (f MessageFilter) limit() int {
+	if f.Limit <= 0 {
+		return 100
+	}
+	return f.Limit
+}
+
+// ListMessages returns messages matching f, oldest first.
+func (in *Inbox) ListMessages(ctx context.Context, f MessageFilter) ([]MessageInfo, error) {
+	where, args := f.where()
+	rows, err := in.pool.Query(ctx, `SELECT `+messageColumns+` FROM `+in.table("inbox_messages")+
+		` WHERE `+where+` ORDER BY id LIMIT $6`, append(args, f.limit())...)
+	if err != nil {
+		return nil, fmt.Errorf("inbox: list messages: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, scanMessageInfo)
+	if err != nil {
+		return nil, fmt.Errorf("inbox: list messages: %w", err)
+	}
+	return out, nil
+}
+
+// GetMessage returns one message by its row ID.
+func (in *Inbox) GetMessage(ctx context.Context, rowID int64) (MessageInfo, error) {
+	rows, err := in.pool.Query(ctx, `SELECT `+messageColumns+` FROM `+in.table("inbox_messages")+` WHERE id = $1`, rowID)
+	if err != nil {
+		return MessageInfo{}, fmt.Errorf("inbox: get message %d: %w", rowID, err)
+	}
+	m, err := pgx.CollectExactlyOneRow(rows, scanMessageInfo)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return MessageInfo{}, fmt.Errorf("inbox: message %d: %w", rowID, ErrNotFound)
+	}
+	if err != nil {
+		return MessageInfo{}, fmt.Errorf("inbox: get message %d: %w", rowID, err)
+	}
+	return m, nil
+}
+
+// RetryDead puts the dead messages matching f (State is ignored) back to
+// pending with a fresh attempt count, and unparks the streams they parked.
+// It returns how many it requeued.
+func (in *Inbox) RetryDead(ctx context.Context, f MessageFilter) (int, error) {
+	return in.onDead(ctx, f, nil, in.requeue)
+}
+
+// RetryMessage requeues one dead message by row ID (see RetryDead).
+func (in *Inbox) RetryMessage(ctx context.Context, rowID int64) error {
+	n, err := in.onDead(ctx, MessageFilter{}, []int64{rowID}, in.requeue)
+	if err == nil && n == 0 {
+		return fmt.Errorf("inbox: dead message %d: %w", rowID, ErrNotFound)
+	}
+	return err
+}
+
+// DeleteDead deletes the dead messages matching f (State is ignored). A
+// stream parked on one of them stays parked until skipped.
+func (in *Inbox) DeleteDead(ctx context.Context, f MessageFilter) (int, error) {
+	return in.onDead(ctx, f, nil, func(ctx context.Context, tx pgx.Tx, ids []int64) error {
+		_, err := tx.Exec(ctx, `DELETE FROM `+in.table("inbox_messages")+` WHERE id = ANY($1)`, ids)
+		return err
+	})
+}
+
+func (in *Inbox) requeue(ctx context.Context, tx pgx.Tx, ids []int64) error {
+	if _, err := tx.Exec(ctx, `UPDATE `+in.table("inbox_streams")+`
+		SET parked_at = NULL, parked_reason = NULL, parked_message_id = NULL, updated_at = now()
+		WHERE parked_message_id = ANY($1)`, ids); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `UPDATE `+in.table("inbox_messages")+`
+		SET state = 'pending', attempts = 0, run_at = now() WHERE id = ANY($1)`, ids)
+	return err
+}
+
+// onDead locks the dead messages matching f (and, if given, among rowIDs)
+// and applies fn to them in one transaction, then wakes the workers.
+func (in *Inbox) onDead(ctx context.Context, f MessageFilter, rowIDs []int64, fn func(context.Context, pgx.Tx, []int64) error) (int, error) {
+	tx, err := in.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("inbox: begin: %w", err)
+	}
+	defer rollback(tx)
+	f.State = "dead"
+	where, args := f.where()
+	sql := `SELECT id FROM ` + in.table("inbox_messages") + ` WHERE ` + where + ` AND ($6::bigint[] IS NULL OR id = ANY($6)) ORDER BY id`
+	args = append(args, rowIDs)
+	if f.Limit > 0 {
+		sql += ` LIMIT $7`
+		args = append(args, f.Limit)
+	}
+	rows, err := tx.Query(ctx, sql+` FOR UPDATE`, args...)
+	if err != nil {
+		return 0, fmt.Errorf("inbox: select dead messages: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("inbox: select dead messages: %w", err)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	if err := fn(ctx, tx, ids); err != nil {
+		return 0, fmt.Errorf("inbox: update %d dead messages: %w", len(ids), err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("inbox: commit: %w", err)
+	}
+	in.wake.signal()
+	return len(ids), nil
+}
+
+func (in *Inbox) table(name string) string {
+	return pgx.Identifier{in.cfg.Schema, name}.Sanitize()
+}
