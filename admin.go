@@ -41,7 +41,12 @@ type MessageFilter struct {
 	Topic         string
 	ErrorContains string // case-insensitive substring of the last error
 	Since, Until  time.Time
-	Limit         int // defaults to 100
+	// AfterRowID matches only rows with a larger row ID: to page through a
+	// long list, pass the last RowID of the previous page.
+	AfterRowID int64
+	// RowIDs, when not nil, matches only these rows (none, when empty).
+	RowIDs []int64
+	Limit  int // defaults to 100
 }
 
 const messageColumns = `id, source, message_id, topic, coalesce(stream, ''), coalesce(seq, 0), state, attempts,
@@ -66,8 +71,9 @@ func (f MessageFilter) where() (string, []any) {
 	}
 	return `($1 = '' OR state = $1) AND ($2 = '' OR topic = $2)
 		AND ($3 = '' OR strpos(lower(coalesce(last_error, '')), lower($3)) > 0)
-		AND ($4::timestamptz IS NULL OR received_at >= $4) AND ($5::timestamptz IS NULL OR received_at < $5)`,
-		[]any{f.State, f.Topic, f.ErrorContains, since, until}
+		AND ($4::timestamptz IS NULL OR received_at >= $4) AND ($5::timestamptz IS NULL OR received_at < $5)
+		AND ($6::bigint = 0 OR id > $6) AND ($7::bigint[] IS NULL OR id = ANY($7))`,
+		[]any{f.State, f.Topic, f.ErrorContains, since, until, f.AfterRowID, f.RowIDs}
 }
 
 func (f MessageFilter) limit() int {
@@ -81,7 +87,7 @@ func (f MessageFilter) limit() int {
 func (in *Inbox) ListMessages(ctx context.Context, f MessageFilter) ([]MessageInfo, error) {
 	where, args := f.where()
 	rows, err := in.pool.Query(ctx, `SELECT `+messageColumns+` FROM `+in.table("inbox_messages")+
-		` WHERE `+where+` ORDER BY id LIMIT $6`, append(args, f.limit())...)
+		` WHERE `+where+` ORDER BY id LIMIT $8`, append(args, f.limit())...)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: list messages: %w", err)
 	}
@@ -153,11 +159,13 @@ func (in *Inbox) onDead(ctx context.Context, f MessageFilter, rowIDs []int64, fn
 	}
 	defer rollback(tx)
 	f.State = "dead"
+	if rowIDs != nil {
+		f.RowIDs = rowIDs
+	}
 	where, args := f.where()
-	sql := `SELECT id FROM ` + in.table("inbox_messages") + ` WHERE ` + where + ` AND ($6::bigint[] IS NULL OR id = ANY($6)) ORDER BY id`
-	args = append(args, rowIDs)
+	sql := `SELECT id FROM ` + in.table("inbox_messages") + ` WHERE ` + where + ` ORDER BY id`
 	if f.Limit > 0 {
-		sql += ` LIMIT $7`
+		sql += ` LIMIT $8`
 		args = append(args, f.Limit)
 	}
 	rows, err := tx.Query(ctx, sql+` FOR UPDATE`, args...)

@@ -5,6 +5,10 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/inboxkit/inbox/internal/sqlident"
 )
 
@@ -134,6 +138,13 @@ type Config struct {
 
 	// Logger receives the inbox's logs. Defaults to slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives the inbox's metrics (the Metric constants).
+	// Defaults to the global one, otel.GetMeterProvider(), which records
+	// nothing until the application installs an SDK.
+	MeterProvider metric.MeterProvider
+	// TracerProvider receives the spans of Store and of handler runs.
+	// Defaults to the global one, otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
 	// Middleware wraps every registered handler, first one outermost.
 	Middleware []Middleware
 }
@@ -165,6 +176,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
 	}
 	return c
 }

@@ -19,7 +19,9 @@ import (
 // A batch with an invalid message stores nothing and returns an
 // *InvalidMessageError.
 func (in *Inbox) Store(ctx context.Context, msgs ...Message) (StoreResult, error) {
+	ctx, span := in.tel.startStore(ctx, msgs)
 	res, err := in.store(ctx, in.pool, msgs)
+	in.tel.endStore(ctx, span, msgs, res, err)
 	if err == nil && res.Stored > 0 {
 		in.wake.signal()
 	}
@@ -29,7 +31,9 @@ func (in *Inbox) Store(ctx context.Context, msgs ...Message) (StoreResult, error
 // StoreTx is Store in the caller's transaction: the messages are stored (and
 // visible to workers) only when the caller commits tx.
 func (in *Inbox) StoreTx(ctx context.Context, tx pgx.Tx, msgs ...Message) (StoreResult, error) {
+	ctx, span := in.tel.startStore(ctx, msgs)
 	res, err := in.store(ctx, tx, msgs)
+	in.tel.endStore(ctx, span, msgs, res, err)
 	if err == nil && res.Stored > 0 {
 		// Early is harmless: a worker that finds nothing yet goes back to
 		// waiting, and the NOTIFY sent at commit wakes it again.

@@ -23,6 +23,7 @@ type Inbox struct {
 	log  logger
 	sql  queries
 	wake *wakeup
+	tel  *telemetry
 
 	mu       sync.RWMutex
 	handlers map[string]Handler
@@ -36,6 +37,7 @@ type Inbox struct {
 type run struct {
 	stopClaiming context.CancelFunc // workers finish their transaction and exit
 	cancelWork   context.CancelFunc // in-flight handlers are cancelled
+	unobserve    func()             // unregisters the backlog gauges
 	done         sync.WaitGroup
 }
 
@@ -49,12 +51,14 @@ func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	log := logger{cfg.Logger.With("component", "inbox", "schema", cfg.Schema)}
 	return &Inbox{
 		pool:     pool,
 		cfg:      cfg,
-		log:      logger{cfg.Logger.With("component", "inbox", "schema", cfg.Schema)},
+		log:      log,
 		sql:      newQueries(sqlident.Quote(cfg.Schema)),
 		wake:     &wakeup{},
+		tel:      newTelemetry(cfg, log),
 		handlers: map[string]Handler{},
 	}, nil
 }
@@ -110,9 +114,15 @@ func (in *Inbox) Start(ctx context.Context) error {
 	if err := in.checkSchema(ctx); err != nil {
 		return err
 	}
+	// Only a started Inbox reports the backlog, so that short-lived ones
+	// (a store-only client, a test) leave no callback behind.
+	unobserve, err := in.tel.observeBacklog(in)
+	if err != nil {
+		return err
+	}
 	claimCtx, stopClaiming := context.WithCancel(context.Background())
 	workCtx, cancelWork := context.WithCancel(context.Background())
-	r := &run{stopClaiming: stopClaiming, cancelWork: cancelWork}
+	r := &run{stopClaiming: stopClaiming, cancelWork: cancelWork, unobserve: unobserve}
 	for i := 0; i < in.cfg.Workers; i++ {
 		w := &worker{in: in, id: i, wake: in.wake.subscribe()}
 		r.goRun(func() { w.run(claimCtx, workCtx) })
@@ -146,6 +156,7 @@ func (in *Inbox) Stop(ctx context.Context) error {
 		return nil
 	}
 	in.running = nil
+	r.unobserve()
 	r.stopClaiming()
 	exited := make(chan struct{})
 	go func() { r.done.Wait(); close(exited) }()

@@ -81,6 +81,9 @@ LIMIT $5`, f.Source, f.Parked, f.Gap, f.All, limit)
 // RetryStream unparks a stream. If a dead message parked it, that message
 // is requeued with a fresh attempt count and runs next.
 func (in *Inbox) RetryStream(ctx context.Context, source, stream string) error {
+	if source == "" {
+		source = in.cfg.Source // the closure below uses it too, not only onStream
+	}
 	return in.onStream(ctx, source, stream, func(tx pgx.Tx, nextSeq int64, parkedMessage *int64) error {
 		if parkedMessage != nil {
 			if _, err := tx.Exec(ctx, `UPDATE `+in.table("inbox_messages")+`
@@ -102,6 +105,9 @@ func (in *Inbox) RetryStream(ctx context.Context, source, stream string) error {
 // stream jumps to its lowest pending sequence number. The skip is recorded
 // on the stream.
 func (in *Inbox) SkipStream(ctx context.Context, source, stream string) error {
+	if source == "" {
+		source = in.cfg.Source // the closure below uses it too, not only onStream
+	}
 	return in.onStream(ctx, source, stream, func(tx pgx.Tx, nextSeq int64, _ *int64) error {
 		var head *int64
 		if err := tx.QueryRow(ctx, `SELECT min(seq) FROM `+in.table("inbox_messages")+`

@@ -60,12 +60,17 @@ func (w *worker) run(claimCtx, workCtx context.Context) {
 type claim struct {
 	unordered []*Message
 	streams   []*streamWork
+	// dbNow is the database's clock at claim time and claimedAt the local
+	// clock at the same moment, for latencies measured on the database's
+	// clock (received_at is set by it).
+	dbNow, claimedAt time.Time
 }
 
 // results collects the outcome of every message of a claim, applied in one
 // round trip just before commit.
 type results struct {
 	done, duplicates []int64
+	doneMsgs         []*Message // the messages of done, for metrics
 	failed           []failure
 	streams          []*streamWork
 }
@@ -133,6 +138,7 @@ func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
 	}
 	committed = true
 	in.report(&res)
+	in.tel.committed(&res, c.dbNow, c.claimedAt)
 	return n, nil
 }
 
@@ -140,6 +146,7 @@ func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	b := &pgx.Batch{}
 	b.Queue(in.sql.claimUnordered, in.cfg.BatchSize, topics)
 	b.Queue(in.sql.claimStreams, in.cfg.StreamsPerClaim, topics)
+	b.Queue("SELECT clock_timestamp()")
 	br := tx.SendBatch(ctx, b)
 	c := &claim{}
 	rows, err := br.Query()
@@ -148,6 +155,10 @@ func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	}
 	if err == nil {
 		c.streams, err = collectStreams(br)
+	}
+	if err == nil {
+		err = br.QueryRow().Scan(&c.dbNow)
+		c.claimedAt = time.Now()
 	}
 	if closeErr := br.Close(); err == nil {
 		err = closeErr
@@ -186,6 +197,7 @@ func (in *Inbox) process(ctx context.Context, tx pgx.Tx, m *Message, res *result
 	}
 	if herr == nil {
 		res.done = append(res.done, m.RowID)
+		res.doneMsgs = append(res.doneMsgs, m)
 		return nil
 	}
 	res.failed = append(res.failed, in.judge(m, herr))
@@ -201,7 +213,10 @@ func (in *Inbox) runHandler(ctx context.Context, tx pgx.Tx, m *Message) (herr, e
 	}
 	htx := &handlerTx{tx: tx}
 	hctx, cancel := context.WithTimeout(ctx, in.cfg.HandlerTimeout)
+	hctx, span := in.tel.startHandler(hctx, m)
+	started := time.Now()
 	herr = callHandler(hctx, h, htx, m)
+	in.tel.endHandler(hctx, span, m, herr, time.Since(started))
 	cancel()
 	if ctx.Err() != nil {
 		return nil, &abortError{err: fmt.Errorf("stopped while handling message %d: %w", m.RowID, ctx.Err())}
@@ -286,8 +301,12 @@ func (in *Inbox) abort(ctx context.Context, err error) error {
 	defer cancel()
 	// Guarded by the attempt count: if another worker has handled the
 	// message meanwhile, this changes nothing.
-	if _, rerr := in.pool.Exec(recordCtx, in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds()); rerr != nil {
+	tag, rerr := in.pool.Exec(recordCtx, in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds())
+	if rerr != nil {
 		in.log.warn("inbox: could not count attempt of message whose transaction broke", "row_id", m.RowID, "error", rerr)
+	} else if tag.RowsAffected() == 1 && !f.dead {
+		// A dead verdict is counted when the next claim buries it.
+		in.tel.brokenAttempt(m)
 	}
 	return err
 }

@@ -1,0 +1,27 @@
+# The two commands of the README:
+#   go run ./examples/orders    the example consumer service, end to end
+#   make test                   the whole test suite
+# Both use the local PostgreSQL and RabbitMQ, or INBOX_POSTGRES_URL and
+# INBOX_AMQP_URL when set.
+
+GO ?= go
+# The local services unless the environment names others; set here so the
+# inboxtest module's tests use them too instead of starting containers.
+export INBOX_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
+export INBOX_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+MODULES := . $(wildcard inboxtest bench)
+
+.PHONY: test vet build
+
+test: vet
+	@for m in $(MODULES); do \
+		echo "== go test $$m"; \
+		(cd $$m && $(GO) test -race -count=1 -timeout 8m ./...) || exit 1; \
+	done
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+
+build:
+	@for m in $(MODULES); do (cd $$m && $(GO) build ./...) || exit 1; done

@@ -1,0 +1,118 @@
+// Package amqp receives messages from a RabbitMQ queue into the inbox: it
+// stores each delivery as an inbox row and acks it only once that row is
+// committed. Handlers then run from the inbox, not from the queue, so slow
+// business code never holds deliveries unacked.
+//
+// # Quick start
+//
+//	in, err := inbox.New(pool, inbox.Config{Schema: "inbox"})
+//	// ...
+//	in.Handle("order.created", handleOrderCreated)
+//	if err := in.Start(ctx); err != nil { ... }
+//	defer in.Stop(context.Background())
+//
+//	rcv, err := amqp.NewReceiver(in, amqp.Config{
+//		URL:      os.Getenv("AMQP_URL"),
+//		Queue:    "orders",
+//		Topology: &amqp.Topology{Quorum: true, Exchange: "shop", RoutingKeys: []string{"order.*"}},
+//	})
+//	if err != nil { ... }
+//	err = rcv.Run(ctx) // until ctx is cancelled
+//
+// A Receiver needs only a [Store], which *inbox.Inbox satisfies. When the
+// receiver and the workers share one Inbox, each stored batch wakes the
+// workers at once; otherwise they learn of it by LISTEN/NOTIFY or polling.
+//
+// # Guarantees
+//
+// Nothing is lost: a delivery is acked only after the statement that stored
+// it (or found it already stored) has committed. A failed store acks
+// nothing; the receiver retries it with backoff while its channel lives, and
+// when the channel dies the broker redelivers. A store whose commit outcome
+// is unknown (connection lost during COMMIT) is treated as failed: the retry
+// or the redelivery finds the row and acks it as a duplicate.
+//
+// Nothing is stored twice: deliveries are deduplicated by (Source, message
+// ID), and messages of a stream by sequence number below the stream's
+// watermark. Redeliveries after a lost ack, publisher retries and duplicate
+// publishes are all acked without a second row.
+//
+// A delivery tag is acked only on the channel that delivered it. The batch
+// being gathered belongs to one broker session (connection and channel) and
+// is dropped with it, so a tag is never acked on a later channel, where tag
+// numbers start again at 1 and mean other deliveries. One goroutine (the one
+// running [Receiver.Run]) makes every call on the channel, which is what
+// makes acking a batch with one multiple ack safe.
+//
+// # Mapping deliveries to messages
+//
+//   - ID: the message_id property, or [Config.MessageID].
+//   - Topic: the type property, else the routing key; see [TopicFrom].
+//   - Stream and Seq: from the headers named by [Config.StreamHeader]
+//     (default "x-stream-key") and [Config.SequenceHeader] (default
+//     "x-sequence"). The sequence may be any AMQP integer type, an integral
+//     float (up to 2^53) or decimal, or a string of decimal digits; see
+//     [ParseSequence]. A sequence without a stream key is ignored.
+//   - Headers: every application header, rendered by [HeaderString] (so a
+//     W3C traceparent and tracestate are kept as they are), plus the AMQP
+//     properties as amqp-exchange, amqp-routing-key, amqp-content-type and
+//     the other Header constants.
+//   - Source: [Config.Source], by default the queue name.
+//
+// # Bad input
+//
+// A delivery that cannot become a valid message is rejected without requeue,
+// so the queue's dead-letter exchange receives it (with an x-death header
+// whose reason is "rejected"): a missing message ID, an ID or stream key too
+// long, an unparsable, negative or missing sequence number, a stream key of
+// the wrong type, headers over [Config.MaxHeaderBytes], a body over the
+// inbox's MaxBodyBytes, or a topic without a handler when the inbox has
+// StrictTopics. Each rejection is logged with its reason and message ID
+// (never the body) and counted in [Stats].Rejected. Bad input never stops
+// the receiver and never holds up the deliveries behind it. Without a
+// dead-letter exchange on the queue the broker drops rejected messages:
+// declare one, for example with [Topology].
+//
+// # Reconnects
+//
+// The receiver does its own reconnecting; amqp091-go's automatic recovery
+// must stay off ([Config.AMQP] Recovery nil). When the connection or channel
+// closes (broker restart, network failure, rabbitmqctl close_connection),
+// when the broker cancels the consumer (queue deleted, quorum leader moved)
+// or when the deliveries channel ends, the session ends. After a consumer
+// cancel the batch in hand is still stored and acked on the open channel;
+// when the channel itself is gone the batch is dropped unacked and the broker
+// redelivers it. A new session starts
+// after an exponential backoff from [Config.ReconnectInitial] up to
+// [Config.ReconnectMax], reset after a session that acked something. Each
+// step of opening a session is bounded by [Config.OpenTimeout]. A missing
+// queue is logged as an error on every attempt, at the capped pace; with
+// [Config.Topology] set, each session declares the topology first, so a
+// deleted queue comes back.
+//
+// # Stopping
+//
+// Cancel the context given to [Receiver.Run]. The receiver stores and acks the
+// batch in hand (within [Config.ShutdownTimeout]; a store attempt already
+// running may take up to [Config.StoreTimeout]), leaves every later delivery
+// unacked, closes the connection so the broker requeues them, and returns.
+//
+// # Operations
+//
+//   - Prefetch bounds the deliveries in flight; keep it at least a few
+//     batches so the broker fills the next batch while one is stored.
+//   - RabbitMQ closes a channel whose delivery stays unacked past its
+//     consumer_timeout (30 minutes by default). The receiver holds
+//     deliveries only while it stores them, but a database outage longer
+//     than that ends the session; nothing is lost, the broker redelivers.
+//   - [Receiver.Stats] counts deliveries received, stored, duplicates,
+//     acked, rejected by reason, failed store attempts and reconnects.
+//   - Logs go to [Config.Logger] with the URL's password redacted.
+//
+// # What the receiver does not do
+//
+// It does not publish, does not run handlers (the inbox does), and does not
+// order deliveries: RabbitMQ keeps a single queue's order, but redeliveries
+// and several consumers reorder. Ordering is restored by the inbox from the
+// stream and sequence headers.
+package amqp

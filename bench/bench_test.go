@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSmoke runs every case on a few hundred messages against the local
+// services, so the benchmark program keeps working as the library changes.
+// It checks that each case ran and produced its outputs, never how fast.
+func TestSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	opts, err := parseFlags([]string{"-smoke",
+		"-json", filepath.Join(dir, "bench.json"),
+		"-md", filepath.Join(dir, "bench.md"),
+		"-png", filepath.Join(dir, "bench.png")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := run(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeOutputs(rep, opts); err != nil {
+		t.Fatal(err)
+	}
+
+	want := []string{resultDBCeiling, resultBrokerCeiling, resultIngestInbox, resultIngestNaive,
+		resultProcessingInbox, resultProcessingRiver, resultOrderedInbox, latencyFixedID, latencySaturationID, resultScaleInbox}
+	for _, id := range want {
+		res, ok := rep.result(id)
+		if !ok {
+			t.Errorf("no result %s", id)
+			continue
+		}
+		if res.Messages <= 0 || res.Rate <= 0 || res.Settings == "" {
+			t.Errorf("result %s is incomplete: %+v", id, res)
+		}
+	}
+	for _, id := range []string{latencyFixedID, latencySaturationID} {
+		res, _ := rep.result(id)
+		if res.Latency == nil || res.Latency.Samples != res.Messages {
+			t.Errorf("%s: every handled message should give a latency sample: %+v", id, res.Latency)
+		}
+	}
+	for _, id := range []string{resultProcessingInbox, resultScaleInbox} {
+		if res, _ := rep.result(id); res.Memory == nil || res.Memory.PeakHeapInuseMiB <= 0 {
+			t.Errorf("%s: no memory figures", id)
+		}
+	}
+	// Every targeted comparison of the issue is there, with a verdict.
+	targeted := 0
+	for _, c := range rep.Comparisons {
+		if c.Op != "" {
+			targeted++
+			if c.Met == nil {
+				t.Errorf("comparison %q has a target but no verdict", c.Name)
+			}
+		}
+	}
+	if targeted != 8 {
+		t.Errorf("%d targeted comparisons, want 8: %+v", targeted, rep.Comparisons)
+	}
+
+	var decoded Report
+	b, err := os.ReadFile(opts.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &decoded); err != nil {
+		t.Fatalf("JSON output does not decode: %v", err)
+	}
+	if len(decoded.Results) != len(want) || len(decoded.Comparisons) != len(rep.Comparisons) {
+		t.Errorf("JSON output has %d results and %d comparisons", len(decoded.Results), len(decoded.Comparisons))
+	}
+	md, err := os.ReadFile(opts.MD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "| Processing: River, no-op worker |") || !strings.Contains(string(md), "| processing vs River |") {
+		t.Errorf("Markdown output lacks the result and comparison rows:\n%s", md)
+	}
+	f, err := os.Open(opts.PNG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("chart is not a PNG: %v", err)
+	}
+	if img.Bounds().Dx() != chartWidth || img.Bounds().Dy() < 200 {
+		t.Errorf("chart is %v", img.Bounds())
+	}
+}
+
+func TestLatencySummary(t *testing.T) {
+	var l latencies
+	for i := 100; i >= 1; i-- {
+		l.add(time.Duration(i) * time.Millisecond)
+	}
+	s := l.summary()
+	if s.P50Ms != 50 || s.P95Ms != 95 || s.P99Ms != 99 || s.MaxMs != 100 || s.Samples != 100 {
+		t.Errorf("summary of 1..100 ms = %+v", s)
+	}
+	if (&latencies{}).summary() != (Latency{}) {
+		t.Error("summary of no samples should be zero")
+	}
+}
+
+func TestBestKeepsFastestRoundAndHighestMemory(t *testing.T) {
+	got := best([]Result{
+		{Rate: 10, Seconds: 2, Memory: &Memory{PeakHeapInuseMiB: 9, Samples: 1}},
+		{Rate: 20, Seconds: 1, Memory: &Memory{PeakHeapInuseMiB: 3, Samples: 2}},
+	})
+	if got.Rate != 20 || got.Seconds != 1 {
+		t.Errorf("best round = %+v, want the one at rate 20", got)
+	}
+	if got.Memory.PeakHeapInuseMiB != 9 || got.Memory.Samples != 3 {
+		t.Errorf("memory = %+v, want the highest peak of all rounds", got.Memory)
+	}
+	if len(got.RoundRates) != 2 {
+		t.Errorf("round rates = %v", got.RoundRates)
+	}
+}
+
+func TestCompareTargets(t *testing.T) {
+	rep := &Report{Results: []Result{
+		{ID: resultProcessingInbox, Rate: 300, Memory: &Memory{PeakHeapInuseMiB: 10}},
+		{ID: resultProcessingRiver, Rate: 100},
+		{ID: resultOrderedInbox, Rate: 100},
+		{ID: latencyFixedID, Latency: &Latency{OfferedRate: 1000, P50Ms: 4, P99Ms: 30}},
+	}}
+	rep.compare()
+	verdicts := map[string]bool{}
+	for _, c := range rep.Comparisons {
+		verdicts[c.Name] = *c.Met
+	}
+	want := map[string]bool{
+		"processing vs River":                  true,  // 3x >= 1.5x
+		"ordered (1,000 streams) vs unordered": false, // 0.33x < 0.5x
+		"latency p50 at 1000 msg/s":            true,
+		"latency p99 at 1000 msg/s":            false,
+	}
+	for name, met := range want {
+		if got, ok := verdicts[name]; !ok || got != met {
+			t.Errorf("%s: met=%v (present %v), want %v", name, got, ok, met)
+		}
+	}
+	if len(rep.Comparisons) != len(want) {
+		t.Errorf("comparisons without both sides should be left out: %+v", rep.Comparisons)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	if _, err := parseFlags([]string{"-only", "processing,nope"}); err == nil {
+		t.Error("an unknown case should be refused")
+	}
+	o, err := parseFlags([]string{"-only", "ordered, scale", "-messages", "100", "-scale-rows", "1000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.runs("scale") || o.runs("processing") {
+		t.Errorf("-only ordered,scale runs %v", o.Only)
+	}
+	if _, err := parseFlags([]string{"-messages", "1000", "-scale-rows", "2000"}); err == nil {
+		t.Error("a scale backlog smaller than its rounds need should be refused")
+	}
+}
+
+func TestThousands(t *testing.T) {
+	for in, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567.4: "1,234,567"} {
+		if got := thousands(in); got != want {
+			t.Errorf("thousands(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestDrawTextKnowsEveryLabelCharacter(t *testing.T) {
+	var labels bytes.Buffer
+	for id := range chartLabels {
+		labels.WriteString(chartLabel(&Report{Options: Options{ScaleRows: 1_000_000}}, id))
+	}
+	rep := &Report{}
+	rep.Results = []Result{{ID: resultProcessingInbox, Rate: 1, Memory: &Memory{PeakHeapInuseMiB: 1}},
+		{ID: resultProcessingRiver, Rate: 1}, {ID: resultOrderedInbox, Rate: 1}, {ID: resultScaleInbox, Rate: 1, Memory: &Memory{PeakHeapInuseMiB: 1}},
+		{ID: resultIngestInbox, Rate: 1}, {ID: resultIngestNaive, Rate: 1}, {ID: resultBrokerCeiling, Rate: 1}, {ID: resultDBCeiling, Rate: 1},
+		{ID: latencyFixedID, Latency: &Latency{OfferedRate: 1000}}}
+	rep.compare()
+	for _, c := range rep.Comparisons {
+		labels.WriteString(c.Name + formatValue(c.Value, c.Unit) + " (target >= )")
+	}
+	for _, r := range strings.ToUpper(labels.String()) {
+		if _, ok := glyphs[r]; !ok && r != ' ' {
+			t.Errorf("no glyph for %q", r)
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/sync/errgroup"
+)
+
+// Tuning of the database ceiling: several writers, each inserting large
+// batches in one statement, as fast as PostgreSQL takes them.
+const (
+	dbCeilingWriters = 4
+	dbCeilingBatch   = 500
+)
+
+// runDBCeiling inserts n rows into a fresh inbox table with batched
+// INSERT ... ON CONFLICT DO NOTHING from several connections: the fastest
+// the database stores messages with the inbox's table and indexes.
+func runDBCeiling(ctx context.Context, n, bodySize int) (Result, error) {
+	pool, err := newPool(ctx, "bench db ceiling", dbCeilingWriters+1)
+	if err != nil {
+		return Result{}, err
+	}
+	defer pool.Close()
+	schema, drop, err := inboxSchema(ctx, pool, "bench_dbceil")
+	if err != nil {
+		return Result{}, err
+	}
+	defer drop()
+	insert := `
+INSERT INTO ` + pgx.Identifier{schema}.Sanitize() + `.inbox_messages (source, message_id, topic, headers, body)
+SELECT 'bench', u.id, $2, '{}', u.body FROM unnest($1::text[], $3::bytea[]) AS u(id, body)
+ON CONFLICT (source, message_id) DO NOTHING`
+
+	batches := make(chan [2]int)
+	g, gctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	g.Go(func() error {
+		defer close(batches)
+		for from := 0; from < n; from += dbCeilingBatch {
+			select {
+			case batches <- [2]int{from, min(from+dbCeilingBatch, n)}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	for range dbCeilingWriters {
+		g.Go(func() error {
+			for b := range batches {
+				ids := make([]string, 0, b[1]-b[0])
+				bodies := make([][]byte, 0, b[1]-b[0])
+				for i := b[0]; i < b[1]; i++ {
+					ids = append(ids, fmt.Sprintf("m-%08d", i))
+					bodies = append(bodies, body(bodySize, time.Now()))
+				}
+				if _, err := pool.Exec(gctx, insert, ids, benchTopic, bodies); err != nil {
+					return fmt.Errorf("insert batch %d..%d: %w", b[0], b[1], err)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return Result{}, err
+	}
+	elapsed := time.Since(start)
+	return Result{
+		Messages: n,
+		Seconds:  elapsed.Seconds(),
+		Rate:     float64(n) / elapsed.Seconds(),
+		Settings: fmt.Sprintf("%d writers, %d rows per statement, autocommit", dbCeilingWriters, dbCeilingBatch),
+	}, nil
+}
+
+// Tuning of the broker ceiling: a deep prefetch and one multiple-ack per
+// batch of deliveries.
+const (
+	brokerCeilingPrefetch = 2000
+	brokerCeilingAckEvery = 250
+)
+
+// runBrokerCeiling publishes n persistent messages, then drains the queue
+// with a plain amqp091-go consumer that does nothing but ack: the fastest
+// any consumer can take messages off this broker.
+func runBrokerCeiling(ctx context.Context, b *broker, n, bodySize int) (Result, error) {
+	queue, del, err := b.declareQueue("bench_ceiling")
+	if err != nil {
+		return Result{}, err
+	}
+	defer del()
+	if err := b.publishBacklog(ctx, queue, n, bodySize, benchTopic); err != nil {
+		return Result{}, err
+	}
+	conn, err := amqp091.Dial(amqpURL())
+	if err != nil {
+		return Result{}, fmt.Errorf("connect consumer: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return Result{}, fmt.Errorf("open consumer channel: %w", err)
+	}
+	if err := ch.Qos(brokerCeilingPrefetch, 0, false); err != nil {
+		return Result{}, fmt.Errorf("set prefetch: %w", err)
+	}
+	start := time.Now()
+	deliveries, err := ch.ConsumeWithContext(ctx, queue, "", false, false, false, false, nil)
+	if err != nil {
+		return Result{}, fmt.Errorf("consume %s: %w", queue, err)
+	}
+	got := 0
+	for got < n {
+		var d amqp091.Delivery
+		var ok bool
+		select {
+		case d, ok = <-deliveries:
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		}
+		if !ok {
+			return Result{}, errors.New("broker closed the consumer's channel")
+		}
+		got++
+		// Ack many at once. The ceiling knows how many messages come, so it
+		// needs no timer for a last, partial batch.
+		if got%brokerCeilingAckEvery == 0 || got == n {
+			if err := d.Ack(true); err != nil {
+				return Result{}, fmt.Errorf("ack: %w", err)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	_ = ch.Close()
+	return Result{
+		Messages: n,
+		Seconds:  elapsed.Seconds(),
+		Rate:     float64(n) / elapsed.Seconds(),
+		Settings: fmt.Sprintf("prefetch %d, multiple-ack every %d, %d-byte persistent messages pre-published", brokerCeilingPrefetch, brokerCeilingAckEvery, bodySize),
+	}, nil
+}

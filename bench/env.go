@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/inboxkit/inbox/migrations"
+)
+
+// Default service URLs, the same as the library's tests use.
+const (
+	defaultPostgresURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	defaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
+)
+
+func postgresURL() string {
+	if u := os.Getenv("INBOX_POSTGRES_URL"); u != "" {
+		return u
+	}
+	return defaultPostgresURL
+}
+
+func amqpURL() string {
+	if u := os.Getenv("INBOX_AMQP_URL"); u != "" {
+		return u
+	}
+	return defaultAMQPURL
+}
+
+// uniqueName returns prefix plus random hex: a valid schema or queue name
+// that no concurrent run (or test) shares.
+func uniqueName(prefix string) string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return prefix + "_" + hex.EncodeToString(b)
+}
+
+// newPool opens a pool of maxConns connections. application_name carries
+// the case's name so a stray backend is easy to attribute in pg_stat_activity.
+func newPool(ctx context.Context, appName string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(postgresURL())
+	if err != nil {
+		return nil, fmt.Errorf("parse INBOX_POSTGRES_URL: %w", err)
+	}
+	cfg.MaxConns = maxConns
+	cfg.ConnConfig.RuntimeParams["application_name"] = appName
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("PostgreSQL at INBOX_POSTGRES_URL does not answer: %w", err)
+	}
+	return pool, nil
+}
+
+// inboxSchema creates and migrates a unique inbox schema. drop removes it;
+// it uses its own bounded context so it also works after ctx is done.
+func inboxSchema(ctx context.Context, pool *pgxpool.Pool, prefix string) (schema string, drop func(), err error) {
+	schema = uniqueName(prefix)
+	if _, err := migrations.Up(ctx, pool, schema); err != nil {
+		return "", nil, fmt.Errorf("migrate schema %s: %w", schema, err)
+	}
+	return schema, func() { dropSchema(pool, schema) }, nil
+}
+
+func dropSchema(pool *pgxpool.Pool, schema string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+		logf("warning: drop schema %s: %v", schema, err)
+	}
+}
+
+// body returns a message body of n bytes whose first 8 hold the send time
+// in Unix nanoseconds (when n allows), so a handler can measure latency
+// without relying on headers surviving the receiver's mapping.
+func body(n int, sent time.Time) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + i%26)
+	}
+	if n >= 8 {
+		binary.BigEndian.PutUint64(b, uint64(sent.UnixNano()))
+	}
+	return b
+}
+
+// sentAt reads the send time that body stored.
+func sentAt(b []byte) (time.Time, bool) {
+	if len(b) < 8 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(b))), true
+}
+
+// broker is one AMQP connection for the benchmark's own publishing and
+// queue management.
+type broker struct {
+	conn *amqp091.Connection
+}
+
+func dialBroker() (*broker, error) {
+	conn, err := amqp091.DialConfig(amqpURL(), amqp091.Config{
+		Properties: amqp091.Table{"connection_name": "inbox bench"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to RabbitMQ at INBOX_AMQP_URL: %w", err)
+	}
+	return &broker{conn: conn}, nil
+}
+
+func (b *broker) close() { _ = b.conn.Close() }
+
+// declareQueue declares a durable, uniquely named classic queue. del
+// deletes it.
+func (b *broker) declareQueue(prefix string) (name string, del func(), err error) {
+	name = uniqueName(prefix)
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return "", nil, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
+		return "", nil, fmt.Errorf("declare queue %s: %w", name, err)
+	}
+	return name, func() {
+		ch, err := b.conn.Channel()
+		if err != nil {
+			logf("warning: delete queue %s: %v", name, err)
+			return
+		}
+		defer ch.Close()
+		if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+			logf("warning: delete queue %s: %v", name, err)
+		}
+	}, nil
+}
+
+// queueDepth reports how many messages are ready in queue.
+func (b *broker) queueDepth(queue string) (int, error) {
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("inspect queue %s: %w", queue, err)
+	}
+	return q.Messages, nil
+}
+
+// publishBacklog publishes n persistent messages of bodySize bytes to queue
+// with publisher confirms, and returns once the broker has confirmed them
+// all, so the consumer under test starts on a full queue.
+func (b *broker) publishBacklog(ctx context.Context, queue string, n, bodySize int, topic string) error {
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("confirm mode: %w", err)
+	}
+	// Confirms come back in order; keeping a window of outstanding ones
+	// lets the broker batch its disk writes without unbounded memory here.
+	const window = 1000
+	pending := make([]*amqp091.DeferredConfirmation, 0, window)
+	wait := func() error {
+		for _, dc := range pending {
+			ok, err := dc.WaitContext(ctx)
+			if err != nil {
+				return fmt.Errorf("wait for confirm: %w", err)
+			}
+			if !ok {
+				return fmt.Errorf("broker nacked a message published to %s", queue)
+			}
+		}
+		pending = pending[:0]
+		return nil
+	}
+	run := uniqueName("m")
+	for i := 0; i < n; i++ {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp091.Publishing{
+			DeliveryMode: amqp091.Persistent,
+			MessageId:    fmt.Sprintf("%s-%d", run, i),
+			Type:         topic,
+			Body:         body(bodySize, time.Now()),
+		})
+		if err != nil {
+			return fmt.Errorf("publish message %d: %w", i, err)
+		}
+		pending = append(pending, dc)
+		if len(pending) == window {
+			if err := wait(); err != nil {
+				return err
+			}
+		}
+	}
+	return wait()
+}
+
+// logf prints progress to stderr, keeping stdout for the results table.
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// sanitize keeps a label safe for file names and identifiers.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, strings.ToLower(s))
+}
+
+// consumers reports how many consumers queue has.
+func (b *broker) consumers(queue string) (int, error) {
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("inspect queue %s: %w", queue, err)
+	}
+	return q.Consumers, nil
+}
+
+// publishPaced publishes n persistent messages to queue at rate per second,
+// or as fast as it can when rate is 0. Each body carries its send time.
+// Without confirms: a latency run measures the path to the handler, and
+// waiting for confirms would only slow the publisher.
+func (b *broker) publishPaced(ctx context.Context, queue string, n int, rate float64, bodySize int) error {
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	run := uniqueName("m")
+	start := time.Now()
+	for sent := 0; sent < n; {
+		if rate > 0 {
+			// Catch up with the schedule, then sleep a little: timers are
+			// too coarse to wait out exactly 1/rate between messages.
+			due := min(n, int(time.Since(start).Seconds()*rate)+1)
+			if sent >= due {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(200 * time.Microsecond):
+				}
+				continue
+			}
+		}
+		err := ch.PublishWithContext(ctx, "", queue, false, false, amqp091.Publishing{
+			DeliveryMode: amqp091.Persistent,
+			MessageId:    fmt.Sprintf("%s-%d", run, sent),
+			Type:         benchTopic,
+			Body:         body(bodySize, time.Now()),
+		})
+		if err != nil {
+			return fmt.Errorf("publish message %d: %w", sent, err)
+		}
+		sent++
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+// Package inbox is a transactional inbox for Go services that consume
+// messages from RabbitMQ and keep their state in PostgreSQL.
+//
+// A broker delivers at least once: after a lost ack, a publisher's retry or
+// a reconnect, the same message comes again, and messages of one entity
+// may arrive out of order. The inbox turns that into "each message's effect
+// is applied exactly once, in order per stream": every delivery is first
+// stored in an inbox table keyed by its message ID (a duplicate hits the
+// key and leaves no second row), acknowledged only after that commit, and
+// then handled by workers in a transaction that also marks the message
+// done. The broker is never held while business code runs.
+//
+// # Guarantees
+//
+//   - Nothing lost: a delivery is acknowledged only after the row that holds
+//     it is committed. A crash before that leaves it unacknowledged, and the
+//     broker delivers it again.
+//   - No double effect: a [Handler] writes through the [pgx.Tx] it is given,
+//     which commits together with the message's done-mark. Once one attempt
+//     has committed, duplicates (the same ID from the same source) never
+//     reach a handler again.
+//   - Order per stream: for messages with a [Message.Stream] and
+//     [Message.Seq], the handler of sequence n+1 never starts before that of
+//     n has committed. A missing sequence number is waited for, not skipped
+//     silently ([GapPolicy]). Different streams run in parallel.
+//   - Bounded stuck time: a worker's claim is a row lock of its transaction,
+//     released by PostgreSQL as soon as a dead worker's connection closes;
+//     a hung handler is cancelled after [Config.HandlerTimeout].
+//   - Bad input gets a clear fate: a message without an ID, with a bad
+//     sequence number or too large a body is refused with a reason
+//     ([InvalidMessageError]; the receiver rejects it to the queue's
+//     dead-letter exchange). A message that keeps failing, or fails
+//     [Permanent]ly, is dead: kept with its error, listed, and replayable.
+//
+// What the inbox does not do: it does not make delivery itself
+// exactly-once (nothing can, across a network), and it cannot undo side
+// effects a handler makes outside its transaction (an HTTP call, an email):
+// those may happen again when an attempt is rolled back, so they must be
+// idempotent on their own.
+//
+// # Quick start
+//
+// Create the tables once, with [github.com/inboxkit/inbox/migrations.Up] or
+// "inboxctl migrate up". Then make an [Inbox] on a pgxpool, register a
+// handler per topic with [Inbox.Handle], start the workers with
+// [Inbox.Start], and feed it: the receiver of package
+// [github.com/inboxkit/inbox/amqp] stores what it consumes from a RabbitMQ
+// queue, and any code can call [Inbox.Store] or, inside its own
+// transaction, [Inbox.StoreTx].
+//
+//	in, err := inbox.New(pool, inbox.Config{Schema: "inbox"})
+//	if err != nil {
+//		return err
+//	}
+//	in.Handle("order.paid", inbox.JSON(markPaid))
+//	if err := in.Start(ctx); err != nil {
+//		return err
+//	}
+//	defer in.Stop(context.Background())
+//
+// The runnable examples below, and the programs in the repository's
+// examples directory, show whole services.
+//
+// # Handlers
+//
+// A [Handler] gets the message and a transaction. Write the message's effect
+// through that transaction and return nil: the writes and the done-mark
+// commit together. [JSON] decodes the body into a typed value first. What a
+// handler returns decides what happens next:
+//
+//   - nil: done. Its writes are committed.
+//   - an error: the writes are rolled back and the message is tried again
+//     after an exponential backoff ([Config.RetryInitial] up to
+//     [Config.RetryMax]), up to [Config.MaxAttempts] attempts in all, after
+//     which it is dead.
+//   - [RetryAfter](d, err): the same, after d.
+//   - [Permanent](err): dead at once; retrying cannot help (a body that does
+//     not decode, say).
+//
+// A panic counts as a failed attempt, with its stack as the error. The
+// handler must not Commit or Roll back the transaction (both return
+// [ErrTxOwned]); several messages may share one database transaction, each
+// handler's writes in a savepoint of their own. The handler's context ends
+// after [Config.HandlerTimeout] or when [Inbox.Stop] gives up waiting.
+// [Middleware], set in [Config.Middleware] or per topic, wraps handlers for
+// logging, metrics or tracing.
+//
+// # Ordering
+//
+// Messages with the same [Message.Source] and [Message.Stream] (an order ID,
+// an account number) are handled one at a time in [Message.Seq] order,
+// starting at [Config.FirstSeq]. The stream remembers the next sequence it
+// expects (its watermark), so a message whose sequence is below it is a
+// duplicate forever, even after its row is gone. When the next sequence has
+// not arrived but later ones have, the stream waits (a gap); after
+// [Config.GapTimeout] [Config.GapPolicy] applies: keep waiting ([GapWait]),
+// go on without it ([GapSkip]), or park the stream for an operator
+// ([GapPark]). A message that goes dead parks its stream only; other streams
+// carry on. Messages without a stream are handled in any order, in
+// parallel.
+//
+// # Operations
+//
+// [Inbox.ListMessages] and [Inbox.GetMessage] show stored messages, with
+// the last error of failing and dead ones; [Inbox.RetryDead] and
+// [Inbox.RetryMessage] requeue dead messages, [Inbox.DeleteDead] drops them.
+// [Inbox.ListStreams] shows streams that wait on a gap or are parked;
+// [Inbox.RetryStream] and [Inbox.SkipStream] unblock them. The same
+// operations are in the inboxctl command (cmd/inboxctl). Metrics and traces
+// go through OpenTelemetry ([Config.MeterProvider], [Config.TracerProvider]),
+// logs through [log/slog] ([Config.Logger]). Processed rows
+// keep their message ID, to catch late duplicates, for [Config.Retention];
+// their bodies are dropped at once.
+//
+// For tests of a service, the module github.com/inboxkit/inbox/inboxtest
+// gives each test a migrated schema of its own, and helpers to publish
+// messages and wait until they are handled.
+package inbox

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS {schema}.inbox_messages_topic_finished;
+DROP INDEX IF EXISTS {schema}.inbox_messages_topic_pending;
