@@ -119,16 +119,16 @@ func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
 	var res results
 	for _, m := range c.unordered {
 		if err := in.process(workCtx, tx, m, &res); err != nil {
-			return n, in.abort(workCtx, err)
+			return n, in.abort(workCtx, tx, err)
 		}
 	}
 	for _, s := range c.streams {
 		if err := in.processStream(workCtx, tx, s, &res); err != nil {
-			return n, in.abort(workCtx, err)
+			return n, in.abort(workCtx, tx, err)
 		}
 	}
 	if err := in.apply(workCtx, tx, &res); err != nil {
-		return n, in.abort(workCtx, err)
+		return n, in.abort(workCtx, tx, err)
 	}
 	in.hooks.beforeCommit()
 	if err := tx.Commit(workCtx); err != nil {
@@ -285,12 +285,15 @@ func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
 	return nil
 }
 
-// abort handles a lost transaction. The deferred rollback releases every
-// claim; if a handler was running when the transaction broke (a handler
+// abort handles a lost transaction. Rolling back releases every claim;
+// if a handler was running when the transaction broke (a handler
 // timeout cancels the connection, for instance), its attempt is counted in a
 // statement of its own, so a message that always breaks the transaction
 // still ends dead instead of looping forever.
-func (in *Inbox) abort(ctx context.Context, err error) error {
+func (in *Inbox) abort(ctx context.Context, tx pgx.Tx, err error) error {
+	// Release the claim first: the attempt is counted on the message row,
+	// which this transaction still locks.
+	rollback(tx)
 	var ae *abortError
 	if !errors.As(err, &ae) || ae.msg == nil || ctx.Err() != nil {
 		return err

@@ -14,7 +14,7 @@ import (
 const (
 	DefaultPrefetch          = 300
 	DefaultBatchSize         = 100
-	DefaultBatchLinger       = 20 * time.Millisecond
+	DefaultBatchLinger       = time.Millisecond
 	DefaultStreamHeader      = "x-stream-key"
 	DefaultSequenceHeader    = "x-sequence"
 	DefaultMaxHeaderBytes    = 64 << 10
