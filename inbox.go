@@ -57,7 +57,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 		cfg:      cfg,
 		log:      log,
 		sql:      newQueries(sqlident.Quote(cfg.Schema)),
-		wake:     &wakeup{},
+		wake:     newWakeup(),
 		tel:      newTelemetry(cfg, log),
 		handlers: map[string]Handler{},
 	}, nil
@@ -124,7 +124,7 @@ func (in *Inbox) Start(ctx context.Context) error {
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	r := &run{stopClaiming: stopClaiming, cancelWork: cancelWork, unobserve: unobserve}
 	for i := 0; i < in.cfg.Workers; i++ {
-		w := &worker{in: in, id: i, wake: in.wake.subscribe()}
+		w := &worker{in: in, id: i}
 		r.goRun(func() { w.run(claimCtx, workCtx) })
 	}
 	if !in.cfg.DisableListen {

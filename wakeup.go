@@ -3,37 +3,27 @@ package inbox
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 )
 
-// wakeup tells idle workers that there may be work. Each worker has a
-// channel with room for one signal, so a signal is never lost and never
-// blocks the sender.
+// wakeup tells idle workers that there may be work. It wakes one worker
+// per signal, not all of them: a store of a few messages needs one claim,
+// and a herd of empty claims slows the store that follows. A worker that
+// finds a full batch passes the signal on, so a large store still fans out.
+// The one-slot buffer keeps a signal that arrives while every worker is busy.
 type wakeup struct {
-	mu    sync.Mutex
-	chans []chan struct{}
+	c chan struct{}
 }
 
-func (w *wakeup) subscribe() chan struct{} {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	c := make(chan struct{}, 1)
-	w.chans = append(w.chans, c)
-	return c
-}
+func newWakeup() *wakeup { return &wakeup{c: make(chan struct{}, 1)} }
 
 func (w *wakeup) signal() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, c := range w.chans {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
+	select {
+	case w.c <- struct{}{}:
+	default:
 	}
 }
 

@@ -18,9 +18,8 @@ import (
 // transaction back and the locks go with it, so another worker takes the
 // messages over at once, and nothing the dead handler wrote survives.
 type worker struct {
-	in   *Inbox
-	id   int
-	wake chan struct{}
+	in *Inbox
+	id int
 }
 
 // maxErrorWait caps the pause of a worker whose claims keep failing
@@ -42,6 +41,9 @@ func (w *worker) run(claimCtx, workCtx context.Context) {
 			w.in.log.warn("inbox worker: batch failed; its messages stay pending", "worker", w.id, "error", err, "retry_in", wait)
 		case found > 0:
 			failures = 0
+			if found >= w.in.cfg.BatchSize {
+				w.in.wake.signal() // more may be waiting: bring in another worker
+			}
 			continue
 		default:
 			failures = 0
@@ -49,7 +51,7 @@ func (w *worker) run(claimCtx, workCtx context.Context) {
 		timer := time.NewTimer(wait)
 		select {
 		case <-claimCtx.Done():
-		case <-w.wake:
+		case <-w.in.wake.c:
 		case <-timer.C:
 		}
 		timer.Stop()
