@@ -3,6 +3,7 @@ package amqp
 import (
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/metric"
 	"log/slog"
 	"math"
 	"time"
@@ -143,6 +144,9 @@ type Config struct {
 
 	// Logger receives the Receiver's logs. Defaults to slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives the received and malformed counters (see
+	// inbox.NewReceiverMetrics). Defaults to the global provider.
+	MeterProvider metric.MeterProvider
 }
 
 func (c Config) withDefaults() Config {

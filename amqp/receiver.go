@@ -37,6 +37,7 @@ type Receiver struct {
 
 	running atomic.Bool
 	stats   counters
+	metrics *inbox.ReceiverMetrics
 }
 
 // NewReceiver returns a Receiver that stores into store. It does not connect:
@@ -60,11 +61,16 @@ func NewReceiver(store Store, cfg Config) (*Receiver, error) {
 		props["connection_name"] = cfg.ConnectionName
 	}
 	cfg.AMQP.Properties = props
+	metrics, err := inbox.NewReceiverMetrics(cfg.MeterProvider, cfg.Source)
+	if err != nil {
+		return nil, fmt.Errorf("amqp: NewReceiver: metrics: %w", err)
+	}
 	return &Receiver{
-		store:  store,
-		cfg:    cfg,
-		log:    cfg.Logger.With("component", "inbox-amqp", "queue", cfg.Queue),
-		mapper: newMapper(cfg),
+		store:   store,
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "inbox-amqp", "queue", cfg.Queue),
+		mapper:  newMapper(cfg),
+		metrics: metrics,
 	}, nil
 }
 
@@ -309,6 +315,7 @@ func lost(what string, e *amqp091.Error) error {
 // add maps d into the batch, or rejects it to the dead-letter exchange.
 func (s *session) add(d *amqp091.Delivery) {
 	s.r.stats.received.Add(1)
+	s.r.metrics.Received(context.Background(), 1)
 	msg, rej := s.r.mapper.message(d)
 	if rej == nil {
 		if err := s.r.store.Validate(msg); err != nil {
@@ -332,6 +339,7 @@ func (s *session) add(d *amqp091.Delivery) {
 // broker then redelivers the message, and it is rejected again.
 func (s *session) reject(tag uint64, id string, d *amqp091.Delivery, rej *rejection) {
 	s.r.stats.reject(rej.reason)
+	s.r.metrics.Malformed(context.Background(), rej.reason)
 	err := s.ch.Reject(tag, false)
 	args := []any{
 		"reason", rej.reason,
