@@ -3,6 +3,7 @@ package faults
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,6 +61,7 @@ func TestKillMidRun(t *testing.T) {
 // duplicates and not applied again.
 func TestKillInAckWindow(t *testing.T) {
 	t.Parallel()
+	needLedgerConsumer(t)
 	e := setup(t)
 	l := newLedger(ledgerSize, ledgerDups, 3)
 	const window = "FAULTS_ACK_DELAY=300ms"
@@ -67,12 +69,18 @@ func TestKillInAckWindow(t *testing.T) {
 	pub := e.publish(l, chunk, pause)
 	for i := 0; i < 3; i++ {
 		// Wait for the consumer to log that a batch with new messages is
-		// committed and waiting for its ack, then kill it.
-		seen := strings.Count(p.logText(), ackWindowLog)
+		// committed and waiting for its ack, then kill it: those messages
+		// are stored but their deliveries unacked.
+		seen := len(windowLines(p.logText()))
 		deadline := time.Now().Add(20 * time.Second)
-		for strings.Count(p.logText(), ackWindowLog) <= seen {
+		for {
+			lines := windowLines(p.logText())
+			if len(lines) > seen && !strings.Contains(lines[len(lines)-1], " new=0 ") {
+				break
+			}
+			seen = len(lines)
 			if time.Now().After(deadline) {
-				t.Fatalf("consumer never reached the commit→ack window\n%s", p.tail())
+				t.Fatalf("consumer never reached the commit→ack window with new messages\n%s", p.tail())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -82,15 +90,30 @@ func TestKillInAckWindow(t *testing.T) {
 	}
 	pub.wait(t)
 	e.check("sigkill-commit-ack", l, expectation{})
-	// The redelivered batches were stored again as duplicates: the last
-	// process saw some.
-	if !strings.Contains(p.logText(), "duplicates=") {
-		t.Errorf("no batch logged after the restarts\n%s", p.tail())
+}
+
+// needLedgerConsumer skips a case that relies on the ledger-consumer's
+// own hooks (FAULTS_ACK_DELAY, failing IDs, FAULTS_NO_TOPOLOGY) when the
+// user runs the suite with a consumer of their own.
+func needLedgerConsumer(t *testing.T) {
+	if os.Getenv("FAULTS_CONSUMER") != "" {
+		t.Skip("needs the ledger-consumer's test hooks; FAULTS_CONSUMER is set")
 	}
 }
 
 // ackWindowLog is what the consumer logs when it enters the window.
 const ackWindowLog = "batch committed; ack delayed"
+
+// windowLines are the consumer's log lines of the commit→ack window.
+func windowLines(log string) []string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, ackWindowLog) && strings.HasSuffix(line, "ms") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
 
 // TestGracefulRestart stops the consumer with SIGTERM several times: it must
 // drain (store and ack the batch in hand, finish its handlers) and exit 0,
@@ -214,6 +237,7 @@ func TestTwoConsumers(t *testing.T) {
 // message is applied as usual.
 func TestFailingHandler(t *testing.T) {
 	t.Parallel()
+	needLedgerConsumer(t)
 	e := setup(t)
 	l := newLedger(ledgerSize, ledgerDups, 9)
 	x := expectation{failing: map[string]bool{}, deadReason: map[string]string{}}
@@ -239,6 +263,7 @@ func TestFailingHandler(t *testing.T) {
 			}
 		}
 		x.failing[en.id] = true
+		e.fault()
 		x.deadReason[en.id] = map[string]string{"fail-": "made to fail", "panic-": "panic"}[prefix]
 	}
 	e.start("consumer")
@@ -322,6 +347,7 @@ func TestMalformed(t *testing.T) {
 // resume once the queue is back.
 func TestQueueDeleted(t *testing.T) {
 	t.Parallel()
+	needLedgerConsumer(t)
 	e := setup(t)
 	l := newLedger(ledgerSize/4, ledgerDups/4, 11)
 	p := e.start("consumer", "FAULTS_NO_TOPOLOGY=1")
