@@ -61,19 +61,19 @@ func scanMessageInfo(row pgx.CollectableRow) (MessageInfo, error) {
 
 // where renders the filter as SQL conditions on bound arguments.
 func (f MessageFilter) where() (string, []any) {
-	var nullTime *time.Time
-	since, until := nullTime, nullTime
-	if !f.Since.IsZero() {
-		since = &f.Since
-	}
-	if !f.Until.IsZero() {
-		until = &f.Until
-	}
 	return `($1 = '' OR state = $1) AND ($2 = '' OR topic = $2)
 		AND ($3 = '' OR strpos(lower(coalesce(last_error, '')), lower($3)) > 0)
 		AND ($4::timestamptz IS NULL OR received_at >= $4) AND ($5::timestamptz IS NULL OR received_at < $5)
 		AND ($6::bigint = 0 OR id > $6) AND ($7::bigint[] IS NULL OR id = ANY($7))`,
-		[]any{f.State, f.Topic, f.ErrorContains, since, until, f.AfterRowID, f.RowIDs}
+		[]any{f.State, f.Topic, f.ErrorContains, nullIfZero(f.Since), nullIfZero(f.Until), f.AfterRowID, f.RowIDs}
+}
+
+// nullIfZero makes an unset time a SQL NULL.
+func nullIfZero(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 func (f MessageFilter) limit() int {
@@ -118,12 +118,12 @@ func (in *Inbox) GetMessage(ctx context.Context, rowID int64) (MessageInfo, erro
 // pending with a fresh attempt count, and unparks the streams they parked.
 // It returns how many it requeued.
 func (in *Inbox) RetryDead(ctx context.Context, f MessageFilter) (int, error) {
-	return in.onDead(ctx, f, nil, in.requeue)
+	return in.onDead(ctx, f, in.requeue)
 }
 
 // RetryMessage requeues one dead message by row ID (see RetryDead).
 func (in *Inbox) RetryMessage(ctx context.Context, rowID int64) error {
-	n, err := in.onDead(ctx, MessageFilter{}, []int64{rowID}, in.requeue)
+	n, err := in.onDead(ctx, MessageFilter{RowIDs: []int64{rowID}}, in.requeue)
 	if err == nil && n == 0 {
 		return fmt.Errorf("inbox: dead message %d: %w", rowID, ErrNotFound)
 	}
@@ -133,7 +133,7 @@ func (in *Inbox) RetryMessage(ctx context.Context, rowID int64) error {
 // DeleteDead deletes the dead messages matching f (State is ignored). A
 // stream parked on one of them stays parked until skipped.
 func (in *Inbox) DeleteDead(ctx context.Context, f MessageFilter) (int, error) {
-	return in.onDead(ctx, f, nil, func(ctx context.Context, tx pgx.Tx, ids []int64) error {
+	return in.onDead(ctx, f, func(ctx context.Context, tx pgx.Tx, ids []int64) error {
 		_, err := tx.Exec(ctx, `DELETE FROM `+in.table("inbox_messages")+` WHERE id = ANY($1)`, ids)
 		return err
 	})
@@ -150,18 +150,15 @@ func (in *Inbox) requeue(ctx context.Context, tx pgx.Tx, ids []int64) error {
 	return err
 }
 
-// onDead locks the dead messages matching f (and, if given, among rowIDs)
+// onDead locks the dead messages matching f
 // and applies fn to them in one transaction, then wakes the workers.
-func (in *Inbox) onDead(ctx context.Context, f MessageFilter, rowIDs []int64, fn func(context.Context, pgx.Tx, []int64) error) (int, error) {
+func (in *Inbox) onDead(ctx context.Context, f MessageFilter, fn func(context.Context, pgx.Tx, []int64) error) (int, error) {
 	tx, err := in.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("inbox: begin: %w", err)
 	}
 	defer rollback(tx)
 	f.State = "dead"
-	if rowIDs != nil {
-		f.RowIDs = rowIDs
-	}
 	where, args := f.where()
 	sql := `SELECT id FROM ` + in.table("inbox_messages") + ` WHERE ` + where + ` ORDER BY id`
 	if f.Limit > 0 {

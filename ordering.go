@@ -115,15 +115,15 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 		case !m.ready || in.handler(m.Topic) == nil:
 			return nil
 		}
-		failedBefore := len(res.failed)
-		if err := in.process(ctx, tx, m.Message, res); err != nil {
+		f, err := in.process(ctx, tx, m.Message, res)
+		if err != nil {
 			return err
 		}
-		if len(res.failed) == failedBefore {
+		if f == nil {
 			s.nextSeq++
 			continue
 		}
-		if f := res.failed[len(res.failed)-1]; f.dead {
+		if f.dead {
 			s.parkReason = fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, firstLine(f.err))
 			s.parkedMessage = m.RowID
 		}

@@ -369,7 +369,7 @@ func (t *telemetry) committed(res *results, dbNow, claimed time.Time) {
 	if !dbNow.IsZero() {
 		doneAt = dbNow.Add(time.Since(claimed))
 	}
-	for _, m := range res.doneMsgs {
+	for _, m := range res.done {
 		attrs := metric.WithAttributeSet(t.topicAttrs(m.Topic))
 		t.processed.Add(ctx, 1, attrs)
 		if !doneAt.IsZero() && !m.ReceivedAt.IsZero() {

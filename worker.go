@@ -71,10 +71,10 @@ type claim struct {
 // results collects the outcome of every message of a claim, applied in one
 // round trip just before commit.
 type results struct {
-	done, duplicates []int64
-	doneMsgs         []*Message // the messages of done, for metrics
-	failed           []failure
-	streams          []*streamWork
+	done       []*Message
+	duplicates []int64
+	failed     []failure
+	streams    []*streamWork
 }
 
 type failure struct {
@@ -120,7 +120,7 @@ func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
 	}
 	var res results
 	for _, m := range c.unordered {
-		if err := in.process(workCtx, tx, m, &res); err != nil {
+		if _, err := in.process(workCtx, tx, m, &res); err != nil {
 			return n, in.abort(workCtx, tx, err)
 		}
 	}
@@ -183,27 +183,28 @@ func scanUnordered(row pgx.CollectableRow) (*Message, error) {
 	return m, err
 }
 
-// process runs one message's handler and records its outcome. A non-nil
-// error means the transaction is unusable and the batch must be abandoned.
-func (in *Inbox) process(ctx context.Context, tx pgx.Tx, m *Message, res *results) error {
+// process runs one message's handler and records its outcome, returning
+// the failure it recorded (nil when the handler succeeded). A non-nil error
+// means the transaction is unusable and the batch must be abandoned.
+func (in *Inbox) process(ctx context.Context, tx pgx.Tx, m *Message, res *results) (*failure, error) {
+	var f failure
 	if m.Attempt > in.cfg.MaxAttempts {
 		// Earlier attempts broke their transaction (see abort) and were
 		// counted outside it; do not run the handler again.
-		res.failed = append(res.failed, failure{msg: m, dead: true,
-			err: fmt.Errorf("exceeded %d attempts", in.cfg.MaxAttempts)})
-		return nil
+		f = failure{msg: m, dead: true, err: fmt.Errorf("exceeded %d attempts", in.cfg.MaxAttempts)}
+	} else {
+		herr, err := in.runHandler(ctx, tx, m)
+		if err != nil {
+			return nil, err
+		}
+		if herr == nil {
+			res.done = append(res.done, m)
+			return nil, nil
+		}
+		f = in.judge(m, herr)
 	}
-	herr, err := in.runHandler(ctx, tx, m)
-	if err != nil {
-		return err
-	}
-	if herr == nil {
-		res.done = append(res.done, m.RowID)
-		res.doneMsgs = append(res.doneMsgs, m)
-		return nil
-	}
-	res.failed = append(res.failed, in.judge(m, herr))
-	return nil
+	res.failed = append(res.failed, f)
+	return &f, nil
 }
 
 // runHandler calls the topic's handler inside a savepoint. herr is the
@@ -263,7 +264,11 @@ func (in *Inbox) judge(m *Message, herr error) failure {
 func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
 	b := &pgx.Batch{}
 	if len(res.done) > 0 {
-		b.Queue(in.sql.markDone, res.done)
+		ids := make([]int64, len(res.done))
+		for i, m := range res.done {
+			ids[i] = m.RowID
+		}
+		b.Queue(in.sql.markDone, ids)
 	}
 	if len(res.duplicates) > 0 {
 		b.Queue(in.sql.markDuplicate, res.duplicates)
