@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/amqp"
@@ -200,26 +198,11 @@ func runNaiveIngest(ctx context.Context, br *broker, n, bodySize int) (Result, e
 		return Result{}, err
 	}
 	defer drop()
-	queue, del, err := br.declareQueue("bench_naive")
+	queue, ch, cleanup, err := br.backlogConsumer(ctx, "bench_naive", n, bodySize, prefetch)
 	if err != nil {
 		return Result{}, err
 	}
-	defer del()
-	if err := br.publishBacklog(ctx, queue, n, bodySize, benchTopic); err != nil {
-		return Result{}, err
-	}
-	conn, err := amqp091.Dial(amqpURL())
-	if err != nil {
-		return Result{}, fmt.Errorf("connect consumer: %w", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return Result{}, fmt.Errorf("open consumer channel: %w", err)
-	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
-		return Result{}, fmt.Errorf("set prefetch: %w", err)
-	}
+	defer cleanup()
 	insert := `INSERT INTO ` + pgx.Identifier{schema}.Sanitize() + `.inbox_messages (source, message_id, topic, body)
 VALUES ($1, $2, $3, $4) ON CONFLICT (source, message_id) DO NOTHING`
 	start := time.Now()
@@ -228,15 +211,9 @@ VALUES ($1, $2, $3, $4) ON CONFLICT (source, message_id) DO NOTHING`
 		return Result{}, fmt.Errorf("consume %s: %w", queue, err)
 	}
 	for got := 0; got < n; got++ {
-		var d amqp091.Delivery
-		var ok bool
-		select {
-		case d, ok = <-deliveries:
-		case <-ctx.Done():
-			return Result{}, ctx.Err()
-		}
-		if !ok {
-			return Result{}, errors.New("broker closed the consumer's channel")
+		d, err := nextDelivery(ctx, deliveries)
+		if err != nil {
+			return Result{}, err
 		}
 		if _, err := pool.Exec(ctx, insert, queue, d.MessageId, d.Type, d.Body); err != nil {
 			return Result{}, fmt.Errorf("insert delivery %d: %w", got, err)

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -90,26 +88,11 @@ const (
 // with a plain amqp091-go consumer that does nothing but ack: the fastest
 // any consumer can take messages off this broker.
 func runBrokerCeiling(ctx context.Context, b *broker, n, bodySize int) (Result, error) {
-	queue, del, err := b.declareQueue("bench_ceiling")
+	queue, ch, cleanup, err := b.backlogConsumer(ctx, "bench_ceiling", n, bodySize, brokerCeilingPrefetch)
 	if err != nil {
 		return Result{}, err
 	}
-	defer del()
-	if err := b.publishBacklog(ctx, queue, n, bodySize, benchTopic); err != nil {
-		return Result{}, err
-	}
-	conn, err := amqp091.Dial(amqpURL())
-	if err != nil {
-		return Result{}, fmt.Errorf("connect consumer: %w", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return Result{}, fmt.Errorf("open consumer channel: %w", err)
-	}
-	if err := ch.Qos(brokerCeilingPrefetch, 0, false); err != nil {
-		return Result{}, fmt.Errorf("set prefetch: %w", err)
-	}
+	defer cleanup()
 	start := time.Now()
 	deliveries, err := ch.ConsumeWithContext(ctx, queue, "", false, false, false, false, nil)
 	if err != nil {
@@ -117,15 +100,9 @@ func runBrokerCeiling(ctx context.Context, b *broker, n, bodySize int) (Result, 
 	}
 	got := 0
 	for got < n {
-		var d amqp091.Delivery
-		var ok bool
-		select {
-		case d, ok = <-deliveries:
-		case <-ctx.Done():
-			return Result{}, ctx.Err()
-		}
-		if !ok {
-			return Result{}, errors.New("broker closed the consumer's channel")
+		d, err := nextDelivery(ctx, deliveries)
+		if err != nil {
+			return Result{}, err
 		}
 		got++
 		// Ack many at once. The ceiling knows how many messages come, so it

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -122,6 +123,50 @@ func dialBroker() (*broker, error) {
 }
 
 func (b *broker) close() { _ = b.conn.Close() }
+
+// backlogConsumer declares a unique queue, publishes n messages to it and
+// opens a consumer channel on a connection of its own with the given
+// prefetch, ready for the caller to start its clock and consume. cleanup
+// closes the connection and deletes the queue.
+func (b *broker) backlogConsumer(ctx context.Context, prefix string, n, bodySize, prefetch int) (queue string, ch *amqp091.Channel, cleanup func(), err error) {
+	queue, del, err := b.declareQueue(prefix)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if err := b.publishBacklog(ctx, queue, n, bodySize, benchTopic); err != nil {
+		del()
+		return "", nil, nil, err
+	}
+	conn, err := amqp091.Dial(amqpURL())
+	if err != nil {
+		del()
+		return "", nil, nil, fmt.Errorf("connect consumer: %w", err)
+	}
+	cleanup = func() { _ = conn.Close(); del() }
+	if ch, err = conn.Channel(); err != nil {
+		cleanup()
+		return "", nil, nil, fmt.Errorf("open consumer channel: %w", err)
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		cleanup()
+		return "", nil, nil, fmt.Errorf("set prefetch: %w", err)
+	}
+	return queue, ch, cleanup, nil
+}
+
+// nextDelivery waits for one delivery, failing if ctx ends or the broker
+// closes the consumer.
+func nextDelivery(ctx context.Context, deliveries <-chan amqp091.Delivery) (amqp091.Delivery, error) {
+	select {
+	case d, ok := <-deliveries:
+		if !ok {
+			return d, errors.New("broker closed the consumer's channel")
+		}
+		return d, nil
+	case <-ctx.Done():
+		return amqp091.Delivery{}, ctx.Err()
+	}
+}
 
 // declareQueue declares a durable, uniquely named classic queue. del
 // deletes it.
