@@ -173,8 +173,8 @@ func runReceiverIngest(ctx context.Context, br *broker, n, bodySize int, rcfg fu
 	if stored != n {
 		return Result{}, fmt.Errorf("stored %d rows for %d messages", stored, n)
 	}
-	if left, err := br.queueDepth(queue); err != nil || left != 0 {
-		return Result{}, fmt.Errorf("after ingest %d messages are left in the queue (%v)", left, err)
+	if q, err := br.inspect(queue); err != nil || q.Messages != 0 {
+		return Result{}, fmt.Errorf("after ingest %d messages are left in the queue (%v)", q.Messages, err)
 	}
 	return Result{
 		Messages: n,
@@ -332,8 +332,8 @@ func runLatency(ctx context.Context, br *broker, total int, rate float64, bodySi
 	// Publishing starts once the receiver consumes, so its connection set-up
 	// does not count as latency.
 	if err := pollUntil(ctx, 30*time.Second, 10*time.Millisecond, func() bool {
-		n, err := br.consumers(queue)
-		return err == nil && n > 0
+		q, err := br.inspect(queue)
+		return err == nil && q.Consumers > 0
 	}); err != nil {
 		return Result{}, fmt.Errorf("receiver did not start consuming: %w", err)
 	}

@@ -193,18 +193,19 @@ func (b *broker) declareQueue(prefix string) (name string, del func(), err error
 	}, nil
 }
 
-// queueDepth reports how many messages are ready in queue.
-func (b *broker) queueDepth(queue string) (int, error) {
+// inspect reads queue's message and consumer counts with a passive
+// declare.
+func (b *broker) inspect(queue string) (amqp091.Queue, error) {
 	ch, err := b.conn.Channel()
 	if err != nil {
-		return 0, fmt.Errorf("open channel: %w", err)
+		return amqp091.Queue{}, fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
-		return 0, fmt.Errorf("inspect queue %s: %w", queue, err)
+		return amqp091.Queue{}, fmt.Errorf("inspect queue %s: %w", queue, err)
 	}
-	return q.Messages, nil
+	return q, nil
 }
 
 // publishBacklog publishes n persistent messages of bodySize bytes to queue
@@ -270,20 +271,6 @@ func sanitize(s string) string {
 		}
 		return '_'
 	}, strings.ToLower(s))
-}
-
-// consumers reports how many consumers queue has.
-func (b *broker) consumers(queue string) (int, error) {
-	ch, err := b.conn.Channel()
-	if err != nil {
-		return 0, fmt.Errorf("open channel: %w", err)
-	}
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		return 0, fmt.Errorf("inspect queue %s: %w", queue, err)
-	}
-	return q.Consumers, nil
 }
 
 // publishPaced publishes n persistent messages to queue at rate per second,
