@@ -214,18 +214,28 @@ func (e *env) count(sql string, args ...any) int {
 	return n
 }
 
-func (e *env) deleteTopology() {
+// channel opens a channel on a connection of its own; closing the
+// connection closes both.
+func (e *env) channel() (*amqp091.Connection, *amqp091.Channel, error) {
 	conn, err := amqp091.Dial(e.amqpURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
+}
+
+func (e *env) deleteTopology() {
+	conn, ch, err := e.channel()
 	if err != nil {
 		e.t.Logf("delete queue %s: %v", e.queue, err)
 		return
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		e.t.Logf("delete queue %s: %v", e.queue, err)
-		return
-	}
 	for _, q := range []string{e.queue, e.queue + amqp.DefaultDeadLetterQueueSuffix} {
 		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
 			e.t.Logf("delete queue %s: %v", q, err)
@@ -241,15 +251,11 @@ func (e *env) deleteTopology() {
 // exchange and queue.
 func (e *env) deleteQueueOnly() {
 	e.t.Helper()
-	conn, err := amqp091.Dial(e.amqpURL)
+	conn, ch, err := e.channel()
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	if _, err := ch.QueueDelete(e.queue, false, false, false); err != nil {
 		e.t.Fatalf("delete queue %s: %v", e.queue, err)
 	}
@@ -695,15 +701,11 @@ func (e *env) queueCounts() (ready, unacked int, ok bool) {
 // inspect declares queue passively on a connection of its own.
 func (e *env) inspect(queue string) amqp091.Queue {
 	e.t.Helper()
-	conn, err := amqp091.Dial(e.amqpURL)
+	conn, ch, err := e.channel()
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		e.t.Fatalf("inspect queue %s: %v", queue, err)
