@@ -88,7 +88,7 @@ func runWatermillIngest(ctx context.Context, br *broker, n, bodySize, prefetch i
 		Messages: n,
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
-		Settings: fmt.Sprintf("%s, watermill-amqp durable queue config, prefetch %d, no-op handler, one ack per message, pre-published queue", moduleVersions("github.com/ThreeDotsLabs/watermill", "github.com/ThreeDotsLabs/watermill-amqp/v3"), prefetch),
+		Settings: fmt.Sprintf("%s, durable queue config, prefetch %d, no-op handler, one ack per message, pre-published queue", moduleVersions("github.com/ThreeDotsLabs/watermill", "github.com/ThreeDotsLabs/watermill-amqp/v3"), prefetch),
 	}, nil
 }
 
