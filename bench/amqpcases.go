@@ -18,7 +18,8 @@ import (
 const naiveMaxMessages = 5000
 
 // ceilingsAndIngest runs rounds of the database ceiling, the broker
-// ceiling, the inbox receiver and the naive consumer, each as -only selects,
+// ceiling, the inbox receiver, the naive consumer and Watermill, each as
+// -only selects,
 // one after the other in every round, so other load on the machine falls on
 // all of them alike.
 func (b *bench) ceilingsAndIngest(ctx context.Context) error {
@@ -27,7 +28,7 @@ func (b *bench) ceilingsAndIngest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var db, broker, receiver, naive []Result
+	var db, broker, receiver, naive, wm []Result
 	for range b.opts.Rounds {
 		if ceilings {
 			res, err := runDBCeiling(ctx, b.opts.Messages, b.opts.Body)
@@ -50,6 +51,10 @@ func (b *bench) ceilingsAndIngest(ctx context.Context) error {
 				return fmt.Errorf("naive consumer: %w", err)
 			}
 			naive = append(naive, res)
+			if res, err = runWatermillIngest(ctx, br, b.opts.Messages, b.opts.Body, b.receiverPrefetch()); err != nil {
+				return fmt.Errorf("watermill: %w", err)
+			}
+			wm = append(wm, res)
 		}
 	}
 	if ceilings {
@@ -59,6 +64,7 @@ func (b *bench) ceilingsAndIngest(ctx context.Context) error {
 	if ingest {
 		b.record(resultIngestInbox, "Ingest: inbox amqp receiver", best(receiver))
 		b.record(resultIngestNaive, "Ingest: naive consumer, INSERT then ack", best(naive))
+		b.record(resultIngestWatermill, "Ingest peer: Watermill AMQP router, no-op handler", best(wm))
 	}
 	return nil
 }
@@ -68,6 +74,15 @@ func (b *bench) ceilingsAndIngest(ctx context.Context) error {
 func (b *bench) receiverConfig(queue string) amqp.Config {
 	return amqp.Config{URL: amqpURL(), Queue: queue, Logger: quietLogger(),
 		Prefetch: b.opts.ReceiverPrefetch, BatchSize: b.opts.ReceiverBatch, BatchLinger: b.opts.ReceiverLinger}
+}
+
+// receiverPrefetch is the receiver's prefetch in the benchmark, which the
+// Watermill peer gets too.
+func (b *bench) receiverPrefetch() int {
+	if b.opts.ReceiverPrefetch > 0 {
+		return b.opts.ReceiverPrefetch
+	}
+	return amqp.DefaultPrefetch
 }
 
 func receiverSettings(cfg amqp.Config) string {
@@ -139,7 +154,7 @@ func runReceiverIngest(ctx context.Context, br *broker, n, bodySize int, rcfg fu
 		return Result{}, err
 	}
 	defer del()
-	if err := br.publishBacklog(ctx, queue, n, bodySize, benchTopic); err != nil {
+	if err := br.publishBacklog(ctx, queue, n, bodySize, benchTopic, ""); err != nil {
 		return Result{}, err
 	}
 	in, err := inbox.New(pool, inbox.Config{Schema: schema, Logger: quietLogger()})
@@ -339,7 +354,7 @@ func runLatency(ctx context.Context, br *broker, total int, rate float64, bodySi
 	}
 
 	start := time.Now()
-	if err := br.publishPaced(ctx, queue, total, rate, bodySize); err != nil {
+	if err := br.publishPaced(ctx, queue, total, rate, bodySize, nil); err != nil {
 		return Result{}, err
 	}
 	published := time.Since(start)

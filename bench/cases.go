@@ -13,12 +13,16 @@ func (b *bench) inboxConfig() inbox.Config {
 	return inbox.Config{Workers: b.opts.InboxWorkers, BatchSize: b.opts.InboxBatch}
 }
 
-// processing alternates inbox and River rounds, so load from elsewhere on
-// the machine falls on both alike.
+// processing alternates inbox, River and database-ceiling rounds, so load
+// from elsewhere on the machine falls on all alike.
 func (b *bench) processing(ctx context.Context) error {
 	s := defaultRiverSettings
 	s.MaxWorkers = b.opts.RiverWorkers
-	var inboxRounds, riverRounds []Result
+	batch := b.opts.InboxBatch
+	if batch == 0 {
+		batch = inbox.DefaultBatchSize
+	}
+	var inboxRounds, riverRounds, dbRounds []Result
 	for range b.opts.Rounds {
 		res, err := runInboxProcessing(ctx, inboxRun{
 			name: "processing", messages: b.opts.Messages, bodySize: b.opts.Body, cfg: b.inboxConfig(),
@@ -32,9 +36,14 @@ func (b *bench) processing(ctx context.Context) error {
 			return err
 		}
 		riverRounds = append(riverRounds, r)
+		if r, err = runDBProcessingCeiling(ctx, b.opts.Messages, b.opts.Body, b.opts.InboxWorkers, batch); err != nil {
+			return fmt.Errorf("database processing ceiling: %w", err)
+		}
+		dbRounds = append(dbRounds, r)
 	}
 	b.record(resultProcessingInbox, "Processing: inbox, unordered, no-op handler", best(inboxRounds))
 	b.record(resultProcessingRiver, "Processing: River, no-op worker", best(riverRounds))
+	b.record(resultDBProcessing, "Database processing ceiling: claim and mark done in SQL", best(dbRounds))
 	return nil
 }
 

@@ -122,3 +122,109 @@ func runBrokerCeiling(ctx context.Context, b *broker, n, bodySize int) (Result, 
 		Settings: fmt.Sprintf("prefetch %d, multiple-ack every %d, %d-byte persistent messages pre-published", brokerCeilingPrefetch, brokerCeilingAckEvery, bodySize),
 	}, nil
 }
+
+// runDBProcessingCeiling loads n pending rows into a fresh inbox table,
+// then works them off with the inbox's own claim and mark-done statements
+// as plain SQL: workers transactions at a time, each claiming batch rows
+// (FOR UPDATE SKIP LOCKED, reading the same columns), marking them done in
+// one UPDATE and committing. No handler, no wake-ups, no bookkeeping: the
+// fastest this database processes inbox rows in batches of that size.
+func runDBProcessingCeiling(ctx context.Context, n, bodySize, workers, batch int) (Result, error) {
+	pool, err := newPool(ctx, "bench db processing ceiling", int32(workers+1))
+	if err != nil {
+		return Result{}, err
+	}
+	defer pool.Close()
+	schema, drop, err := inboxSchema(ctx, pool, "bench_dbproc")
+	if err != nil {
+		return Result{}, err
+	}
+	defer drop()
+	if err := loadPending(ctx, pool, schema, n, bodySize, 0); err != nil {
+		return Result{}, err
+	}
+	q := pgx.Identifier{schema}.Sanitize()
+	claim := `
+SELECT id, source, message_id, topic, headers, body, attempts, received_at
+FROM ` + q + `.inbox_messages
+WHERE state = 'pending' AND stream IS NULL AND run_at <= now() AND topic = ANY($2)
+ORDER BY run_at, id
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+	markDone := `
+UPDATE ` + q + `.inbox_messages
+SET state = 'done', attempts = attempts + 1, processed_at = now(), body = NULL, last_error = NULL
+WHERE id = ANY($1)`
+	topics := []string{benchTopic}
+	// claimBatch claims, marks done and commits one batch; 0 when none is left.
+	claimBatch := func(ctx context.Context) (int, error) {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return 0, err
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		rows, err := tx.Query(ctx, claim, batch, topics)
+		if err != nil {
+			return 0, err
+		}
+		var ids []int64
+		for rows.Next() {
+			var (
+				source, msgID, topic string
+				rowID                int64
+				headers              map[string]string
+				payload              []byte
+				attempts             int
+				received             time.Time
+			)
+			if err := rows.Scan(&rowID, &source, &msgID, &topic, &headers, &payload, &attempts, &received); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			ids = append(ids, rowID)
+		}
+		if err := rows.Err(); err != nil {
+			return 0, err
+		}
+		if len(ids) == 0 {
+			return 0, nil
+		}
+		if _, err := tx.Exec(ctx, markDone, ids); err != nil {
+			return 0, err
+		}
+		return len(ids), tx.Commit(ctx)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	for range workers {
+		g.Go(func() error {
+			for {
+				got, err := claimBatch(gctx)
+				if err != nil {
+					return fmt.Errorf("claim and mark done: %w", err)
+				}
+				if got == 0 {
+					return nil
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return Result{}, err
+	}
+	elapsed := time.Since(start)
+	var done int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+q+".inbox_messages WHERE state = 'done'").Scan(&done); err != nil {
+		return Result{}, fmt.Errorf("count done: %w", err)
+	}
+	if done != n {
+		return Result{}, fmt.Errorf("%d of %d rows done", done, n)
+	}
+	return Result{
+		Messages: n,
+		Seconds:  elapsed.Seconds(),
+		Rate:     float64(n) / elapsed.Seconds(),
+		Settings: fmt.Sprintf("%d connections, claim %d (FOR UPDATE SKIP LOCKED) + one UPDATE + commit per transaction", workers, batch),
+	}, nil
+}

@@ -2,144 +2,320 @@ package main
 
 import (
 	"fmt"
-	"image"
 	"image/color"
-	"image/draw"
-	"image/png"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	_ "gonum.org/v1/plot/vg/vgimg" // registers png
+	_ "gonum.org/v1/plot/vg/vgsvg" // registers svg
 )
 
-// chartLabels are the short names of results in the chart, by result ID.
-// Results without one (the fixed-rate latency run, whose rate is the offered
-// load) are left out of the throughput panel.
+// chartLabels are the short names of results in the chart, by result ID;
+// other results show their title. The fixed-rate latency run is left out
+// of the throughput panel: its rate is the offered load.
 var chartLabels = map[string]string{
 	resultDBCeiling:       "DB ceiling: batched insert",
 	resultBrokerCeiling:   "Broker ceiling: ack only",
 	resultIngestInbox:     "Ingest: inbox receiver",
 	resultIngestNaive:     "Ingest: naive consumer",
+	resultIngestWatermill: "Ingest: Watermill, no-op",
+	resultDBProcessing:    "DB ceiling: claim + mark done",
 	resultProcessingInbox: "Process: inbox",
 	resultProcessingRiver: "Process: River",
+	resultBlockedClean:    "Process: inbox, clean",
+	resultBlockedInbox:    "Process: inbox, blocked rows",
 	resultOrderedInbox:    "Ordered: inbox, 1000 streams",
 	latencySaturationID:   "End to end at saturation",
 	resultScaleInbox:      "Scale: inbox, %s pending",
 }
 
+var (
+	colorInbox   = color.RGBA{46, 110, 180, 255}
+	colorOther   = color.RGBA{160, 160, 160, 255}
+	colorMet     = color.RGBA{50, 150, 70, 255}
+	colorMissed  = color.RGBA{200, 60, 50, 255}
+	colorNeutral = color.RGBA{120, 140, 170, 255}
+)
+
 // chartLabel is the label of a result in the chart.
-func chartLabel(rep *Report, id string) string {
-	if id == resultScaleInbox {
-		return fmt.Sprintf(chartLabels[id], shortCount(rep.Options.ScaleRows))
+func chartLabel(rep *Report, r Result) string {
+	l, ok := chartLabels[r.ID]
+	switch {
+	case !ok:
+		return r.Title
+	case r.ID == resultScaleInbox:
+		return fmt.Sprintf(l, shortCount(rep.Options.ScaleRows))
 	}
-	return chartLabels[id]
+	return l
 }
 
-// Chart geometry, in pixels.
-const (
-	chartWidth   = 1300
-	chartMargin  = 20
-	chartLabelW  = 470 // label column
-	chartBarW    = 480 // longest bar
-	chartRowH    = 26
-	chartBarH    = 18
-	chartTitleH  = 40
-	chartHeaderH = 34
-	textScale    = 2
-)
+// isInbox tells the inbox's own results (drawn in blue) from ceilings and
+// peers (grey).
+func isInbox(id string) bool {
+	return strings.HasSuffix(id, "/inbox") || strings.HasPrefix(id, "latency/") || id == resultBlockedClean
+}
 
-var (
-	colorBackground = color.RGBA{255, 255, 255, 255}
-	colorText       = color.RGBA{30, 30, 30, 255}
-	colorMuted      = color.RGBA{110, 110, 110, 255}
-	colorInbox      = color.RGBA{46, 110, 180, 255}
-	colorOther      = color.RGBA{150, 150, 150, 255}
-	colorMet        = color.RGBA{50, 150, 70, 255}
-	colorMissed     = color.RGBA{200, 60, 50, 255}
-	colorNeutral    = color.RGBA{120, 140, 170, 255}
-	colorTarget     = color.RGBA{20, 20, 20, 255}
-)
+// Scores are drawn up to this many times the target; longer bars are cut,
+// with their value written beside them.
+const maxScore = 3.0
 
-// writeChart draws two panels: every throughput result as a bar (the
-// inbox's in blue, ceilings and peers in grey), then every comparison as a
-// bar of result over target, with a line where the target lies.
-func writeChart(rep *Report, path string) error {
-	var rates []Result
+// writeCharts writes the results chart to path (its extension, .png or
+// .svg, is the format) and, after a soak, the soak's chart beside it as
+// NAME-soak.EXT.
+func writeCharts(rep *Report, path string) error {
+	var panels []*plot.Plot
+	rates, err := ratesPlot(rep)
+	if err != nil {
+		return err
+	}
+	if rates != nil {
+		panels = append(panels, rates)
+	}
+	scores, err := scoresPlot(rep.Comparisons)
+	if err != nil {
+		return err
+	}
+	if scores != nil {
+		panels = append(panels, scores)
+	}
+	if len(panels) > 0 {
+		grid := make([][]*plot.Plot, len(panels))
+		for i, p := range panels {
+			grid[i] = []*plot.Plot{p}
+		}
+		if err := savePlots(grid, 12*vg.Inch, vg.Length(len(panels))*6*vg.Inch, path); err != nil {
+			return err
+		}
+	}
+	if rep.Soak != nil && len(rep.Soak.Buckets) > 0 {
+		ext := filepath.Ext(path)
+		grid, err := soakPlots(rep.Soak)
+		if err != nil {
+			return err
+		}
+		return savePlots(grid, 12*vg.Inch, 12*vg.Inch, strings.TrimSuffix(path, ext)+"-soak"+ext)
+	}
+	return nil
+}
+
+// ratesPlot draws every throughput result as a horizontal bar, first at the
+// top; nil when there is none.
+func ratesPlot(rep *Report) (*plot.Plot, error) {
+	var rs []Result
 	maxRate := 0.0
 	for _, r := range rep.Results {
-		if _, ok := chartLabels[r.ID]; ok && r.Rate > 0 {
-			rates = append(rates, r)
+		if r.ID != latencyFixedID && r.Rate > 0 {
+			rs = append(rs, r)
 			maxRate = max(maxRate, r.Rate)
 		}
 	}
-	comps := rep.Comparisons
-	// Scores are drawn up to 3 times the target; longer bars are cut, with
-	// their value written beside them.
-	const maxScore = 3.0
-
-	height := chartMargin + chartTitleH + chartHeaderH + len(rates)*chartRowH +
-		chartHeaderH + len(comps)*chartRowH + chartMargin
-	img := image.NewRGBA(image.Rect(0, 0, chartWidth, height))
-	draw.Draw(img, img.Bounds(), &image.Uniform{colorBackground}, image.Point{}, draw.Src)
-
-	y := chartMargin
-	drawText(img, chartMargin, y, fmt.Sprintf("inbox benchmark: %d messages of %d bytes, %d CPUs", rep.Options.Messages, rep.Options.Body, rep.Machine.CPUs), 3, colorText)
-	y += chartTitleH
-
-	drawText(img, chartMargin, y+8, "Throughput, messages per second (blue: inbox, grey: ceilings and peers)", textScale, colorMuted)
-	y += chartHeaderH
-	barX := chartMargin + chartLabelW
-	for _, r := range rates {
-		drawText(img, chartMargin, y+4, chartLabel(rep, r.ID), textScale, colorText)
-		w := int(float64(chartBarW) * r.Rate / maxRate)
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Throughput, msg/s (blue: inbox; grey: ceilings and peers). %d messages of %d bytes, %d CPUs",
+		rep.Options.Messages, rep.Options.Body, rep.Machine.CPUs)
+	names := make([]string, len(rs))
+	labels := plotter.XYLabels{XYs: make(plotter.XYs, len(rs)), Labels: make([]string, len(rs))}
+	for i, r := range rs {
+		y := float64(len(rs) - 1 - i)
+		names[len(rs)-1-i] = chartLabel(rep, r)
 		c := colorOther
-		if strings.HasSuffix(r.ID, "/inbox") || strings.HasPrefix(r.ID, "latency/") {
+		if isInbox(r.ID) {
 			c = colorInbox
 		}
-		fillRect(img, barX, y, w, chartBarH, c)
-		drawText(img, barX+w+8, y+4, thousands(r.Rate), textScale, colorText)
-		y += chartRowH
+		if err := addBar(p, r.Rate, y, c); err != nil {
+			return nil, err
+		}
+		labels.XYs[i] = plotter.XY{X: r.Rate, Y: y}
+		labels.Labels[i] = thousands(r.Rate)
 	}
+	if err := addLabels(p, labels); err != nil {
+		return nil, err
+	}
+	p.NominalY(names...)
+	p.X.Min, p.X.Max = 0, maxRate*1.2
+	p.X.Label.Text = "messages per second"
+	return p, nil
+}
 
-	drawText(img, chartMargin, y+8, "Result against target (line: target, green met, red missed, blue no target)", textScale, colorMuted)
-	y += chartHeaderH
-	for _, c := range comps {
-		drawText(img, chartMargin, y+4, c.Name, textScale, colorText)
+// scoresPlot draws every comparison as a bar of its result over its target
+// (1 on the dashed line is the target: green met, red missed); ratios
+// without a target are drawn as they are, in blue. nil when there is none.
+func scoresPlot(comps []Comparison) (*plot.Plot, error) {
+	if len(comps) == 0 {
+		return nil, nil
+	}
+	p := plot.New()
+	p.Title.Text = "Result against target (dashed: target; green met, red missed, blue: ratio without a target)"
+	names := make([]string, len(comps))
+	labels := plotter.XYLabels{XYs: make(plotter.XYs, len(comps)), Labels: make([]string, len(comps))}
+	for i, c := range comps {
+		y := float64(len(comps) - 1 - i)
+		names[len(comps)-1-i] = c.Name
 		score, col := c.Value, colorNeutral
+		label := formatValue(c.Value, c.Unit)
 		if c.Op != "" {
 			score, col = c.score(), colorMissed
 			if *c.Met {
 				col = colorMet
 			}
-		}
-		w := int(float64(chartBarW) * min(score, maxScore) / maxScore)
-		fillRect(img, barX, y, w, chartBarH, col)
-		textX := barX + w + 8
-		if c.Op != "" {
-			x := barX + int(float64(chartBarW)/maxScore)
-			fillRect(img, x-1, y-3, 3, chartBarH+6, colorTarget)
-			textX = max(textX, x+8)
-		}
-		label := formatValue(c.Value, c.Unit)
-		if c.Op != "" {
 			label += fmt.Sprintf(" (target %s %s)", c.Op, formatValue(c.Target, c.Unit))
 		}
-		drawText(img, textX, y+4, label, textScale, colorText)
-		y += chartRowH
+		score = min(score, maxScore)
+		if err := addBar(p, score, y, col); err != nil {
+			return nil, err
+		}
+		labels.XYs[i] = plotter.XY{X: score, Y: y}
+		labels.Labels[i] = label
 	}
+	if err := addLabels(p, labels); err != nil {
+		return nil, err
+	}
+	target, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.5}, {X: 1, Y: float64(len(comps)) - 0.5}})
+	if err != nil {
+		return nil, err
+	}
+	target.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	p.Add(target)
+	p.NominalY(names...)
+	p.X.Min, p.X.Max = 0, maxScore*1.35
+	p.X.Label.Text = "result / target (ratio as is where there is no target), cut at 3"
+	return p, nil
+}
 
+func addBar(p *plot.Plot, v, y float64, c color.Color) error {
+	bar, err := plotter.NewBarChart(plotter.Values{v}, vg.Points(11))
+	if err != nil {
+		return err
+	}
+	bar.Horizontal, bar.XMin, bar.Color = true, y, c
+	bar.LineStyle.Width = 0
+	p.Add(bar)
+	return nil
+}
+
+func addLabels(p *plot.Plot, xyl plotter.XYLabels) error {
+	l, err := plotter.NewLabels(xyl)
+	if err != nil {
+		return err
+	}
+	l.Offset = vg.Point{X: vg.Points(4), Y: -vg.Points(4)}
+	p.Add(l)
+	return nil
+}
+
+// soakPlots draws the soak's buckets as line charts, three rows of two.
+func soakPlots(s *Soak) ([][]*plot.Plot, error) {
+	type series struct {
+		name string
+		y    func(SoakBucket) float64
+	}
+	chart := func(title, unit string, ss ...series) (*plot.Plot, error) {
+		p := plot.New()
+		p.Title.Text = title
+		p.X.Label.Text = "minutes"
+		p.Y.Label.Text = unit
+		p.Y.Min = 0
+		p.Legend.Top = true
+		for i, se := range ss {
+			xys := make(plotter.XYs, len(s.Buckets))
+			for j, b := range s.Buckets {
+				xys[j] = plotter.XY{X: b.EndSeconds / 60, Y: se.y(b)}
+			}
+			line, points, err := plotter.NewLinePoints(xys)
+			if err != nil {
+				return nil, err
+			}
+			c := plotColor(i)
+			line.Color, points.Color = c, c
+			p.Add(line, points)
+			p.Legend.Add(se.name, line, points)
+		}
+		return p, nil
+	}
+	specs := []func() (*plot.Plot, error){
+		func() (*plot.Plot, error) {
+			return chart("End-to-end latency", "ms",
+				series{"p50", func(b SoakBucket) float64 { return b.P50Ms }},
+				series{"p99", func(b SoakBucket) float64 { return b.P99Ms }})
+		},
+		func() (*plot.Plot, error) {
+			return chart("Claim latency", "ms",
+				series{"p50", func(b SoakBucket) float64 { return b.Claims.P50Ms }},
+				series{"p99", func(b SoakBucket) float64 { return b.Claims.P99Ms }})
+		},
+		func() (*plot.Plot, error) {
+			return chart("Table sizes", "MiB",
+				series{"inbox_messages", func(b SoakBucket) float64 { return b.MessagesTableMiB }},
+				series{"its indexes", func(b SoakBucket) float64 { return b.MessagesIndexesMiB }},
+				series{"inbox_streams", func(b SoakBucket) float64 { return b.StreamsMiB }})
+		},
+		func() (*plot.Plot, error) {
+			return chart("Rows and dead tuples of inbox_messages", "rows",
+				series{"rows", func(b SoakBucket) float64 { return float64(b.Rows) }},
+				series{"dead tuples", func(b SoakBucket) float64 { return float64(b.DeadTuples) }})
+		},
+		func() (*plot.Plot, error) {
+			return chart("Bench process memory", "MiB",
+				series{"RSS", func(b SoakBucket) float64 { return b.RSSMiB }},
+				series{"heap in use", func(b SoakBucket) float64 { return b.HeapInuseMiB }})
+		},
+		func() (*plot.Plot, error) {
+			return chart(fmt.Sprintf("Handled, msg/s (offered %s)", thousands(s.OfferedRate)), "msg/s",
+				series{"handled", func(b SoakBucket) float64 { return b.Rate }})
+		},
+	}
+	grid := make([][]*plot.Plot, 3)
+	for i, spec := range specs {
+		p, err := spec()
+		if err != nil {
+			return nil, err
+		}
+		grid[i/2] = append(grid[i/2], p)
+	}
+	return grid, nil
+}
+
+func plotColor(i int) color.Color {
+	palette := []color.Color{colorInbox, colorMissed, colorMet}
+	return palette[i%len(palette)]
+}
+
+// savePlots draws grid, aligned, on one canvas of w by h and writes it to
+// path in the format its extension names.
+func savePlots(grid [][]*plot.Plot, w, h vg.Length, path string) error {
+	c, err := draw.NewFormattedCanvas(w, h, strings.TrimPrefix(filepath.Ext(path), "."))
+	if err != nil {
+		return fmt.Errorf("chart %s: %w", path, err)
+	}
+	cols := 0
+	for _, row := range grid {
+		cols = max(cols, len(row))
+	}
+	pad := vg.Points(12)
+	tiles := draw.Tiles{Rows: len(grid), Cols: cols, PadTop: pad, PadBottom: pad, PadLeft: pad, PadRight: pad, PadX: pad, PadY: 2 * pad}
+	canvases := plot.Align(grid, tiles, draw.New(c))
+	for i, row := range grid {
+		for j, p := range row {
+			p.Draw(canvases[i][j])
+		}
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return fmt.Errorf("create chart %s: %w", path, err)
 	}
-	if err := png.Encode(f, img); err != nil {
+	if _, err := c.WriteTo(f); err != nil {
 		f.Close()
-		return fmt.Errorf("encode chart %s: %w", path, err)
+		return fmt.Errorf("write chart %s: %w", path, err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write chart %s: %w", path, err)
 	}
 	return nil
-}
-
-func fillRect(img *image.RGBA, x, y, w, h int, c color.Color) {
-	draw.Draw(img, image.Rect(x, y, x+w, y+h), &image.Uniform{c}, image.Point{}, draw.Src)
 }

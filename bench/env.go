@@ -49,12 +49,20 @@ func uniqueName(prefix string) string {
 // newPool opens a pool of maxConns connections. application_name carries
 // the case's name so a stray backend is easy to attribute in pg_stat_activity.
 func newPool(ctx context.Context, appName string, maxConns int32) (*pgxpool.Pool, error) {
+	return newTracedPool(ctx, appName, maxConns, nil)
+}
+
+// newTracedPool is newPool with tracer (nil for none) on every connection.
+func newTracedPool(ctx context.Context, appName string, maxConns int32, tracer pgx.QueryTracer) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(postgresURL())
 	if err != nil {
 		return nil, fmt.Errorf("parse INBOX_POSTGRES_URL: %w", err)
 	}
 	cfg.MaxConns = maxConns
 	cfg.ConnConfig.RuntimeParams["application_name"] = appName
+	if tracer != nil {
+		cfg.ConnConfig.Tracer = tracer
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
@@ -133,7 +141,7 @@ func (b *broker) backlogConsumer(ctx context.Context, prefix string, n, bodySize
 	if err != nil {
 		return "", nil, nil, err
 	}
-	if err := b.publishBacklog(ctx, queue, n, bodySize, benchTopic); err != nil {
+	if err := b.publishBacklog(ctx, queue, n, bodySize, benchTopic, ""); err != nil {
 		del()
 		return "", nil, nil, err
 	}
@@ -210,8 +218,9 @@ func (b *broker) inspect(queue string) (amqp091.Queue, error) {
 
 // publishBacklog publishes n persistent messages of bodySize bytes to queue
 // with publisher confirms, and returns once the broker has confirmed them
-// all, so the consumer under test starts on a full queue.
-func (b *broker) publishBacklog(ctx context.Context, queue string, n, bodySize int, topic string) error {
+// all, so the consumer under test starts on a full queue. A non-empty
+// idHeader also carries each message's ID in that header.
+func (b *broker) publishBacklog(ctx context.Context, queue string, n, bodySize int, topic, idHeader string) error {
 	ch, err := b.conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
@@ -239,12 +248,16 @@ func (b *broker) publishBacklog(ctx context.Context, queue string, n, bodySize i
 	}
 	run := uniqueName("m")
 	for i := 0; i < n; i++ {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp091.Publishing{
+		p := amqp091.Publishing{
 			DeliveryMode: amqp091.Persistent,
 			MessageId:    fmt.Sprintf("%s-%d", run, i),
 			Type:         topic,
 			Body:         body(bodySize, time.Now()),
-		})
+		}
+		if idHeader != "" {
+			p.Headers = amqp091.Table{idHeader: p.MessageId}
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, p)
 		if err != nil {
 			return fmt.Errorf("publish message %d: %w", i, err)
 		}
@@ -276,8 +289,9 @@ func sanitize(s string) string {
 // publishPaced publishes n persistent messages to queue at rate per second,
 // or as fast as it can when rate is 0. Each body carries its send time.
 // Without confirms: a latency run measures the path to the handler, and
-// waiting for confirms would only slow the publisher.
-func (b *broker) publishPaced(ctx context.Context, queue string, n int, rate float64, bodySize int) error {
+// waiting for confirms would only slow the publisher. headers, when not
+// nil, gives message i its headers.
+func (b *broker) publishPaced(ctx context.Context, queue string, n int, rate float64, bodySize int, headers func(i int) amqp091.Table) error {
 	ch, err := b.conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
@@ -299,12 +313,16 @@ func (b *broker) publishPaced(ctx context.Context, queue string, n int, rate flo
 				continue
 			}
 		}
-		err := ch.PublishWithContext(ctx, "", queue, false, false, amqp091.Publishing{
+		p := amqp091.Publishing{
 			DeliveryMode: amqp091.Persistent,
 			MessageId:    fmt.Sprintf("%s-%d", run, sent),
 			Type:         benchTopic,
 			Body:         body(bodySize, time.Now()),
-		})
+		}
+		if headers != nil {
+			p.Headers = headers(sent)
+		}
+		err := ch.PublishWithContext(ctx, "", queue, false, false, p)
 		if err != nil {
 			return fmt.Errorf("publish message %d: %w", sent, err)
 		}

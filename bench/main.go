@@ -1,8 +1,11 @@
 // Command bench measures the inbox against the local RabbitMQ and
 // PostgreSQL, side by side with what bounds it and with its peers, in one
 // run: the broker and database ceilings, ingest through the amqp receiver
-// against a naive consumer, processing against River, ordered processing,
-// latency, and processing with a million pending rows.
+// against a naive consumer and Watermill, processing against River and the
+// database's own processing ceiling, processing beside rows that cannot
+// run, ordered processing, latency, and processing with a million pending
+// rows. With -soak it runs a long, steady load instead and reports it
+// bucket by bucket.
 //
 // Ratios, not absolute numbers, are the point: each result is printed as a
 // ratio to its ceiling or peer, with the target it should meet. See
@@ -11,6 +14,7 @@
 //	cd bench && go run .                 # the full run, a few minutes
 //	cd bench && go run . -smoke          # every case on a few hundred messages
 //	cd bench && go run . -only processing,ordered -messages 50000
+//	cd bench && go run . -soak 10m       # the soak, about 11 minutes
 package main
 
 import (
@@ -20,6 +24,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -35,6 +40,7 @@ type Options struct {
 	Load             int           `json:"load_per_sec"`
 	LatencyDuration  time.Duration `json:"latency_duration_ns"`
 	ScaleRows        int           `json:"scale_rows"`
+	BlockedRows      int           `json:"blocked_rows"`
 	Rounds           int           `json:"rounds"`
 	InboxWorkers     int           `json:"inbox_workers"`
 	InboxBatch       int           `json:"inbox_batch"`
@@ -44,14 +50,15 @@ type Options struct {
 	ReceiverLinger   time.Duration `json:"receiver_linger_ns"`
 	Only             []string      `json:"only,omitempty"`
 	Smoke            bool          `json:"smoke"`
+	Soak             SoakOptions   `json:"soak"`
 	JSON             string        `json:"-"`
 	MD               string        `json:"-"`
-	PNG              string        `json:"-"`
+	Chart            string        `json:"-"`
 	CPUProfile       string        `json:"-"`
 }
 
 // caseNames are the values -only accepts, in the order they run.
-var caseNames = []string{"ceiling", "ingest", "processing", "ordered", "latency", "scale"}
+var caseNames = []string{"ceiling", "ingest", "processing", "blocked", "ordered", "latency", "scale"}
 
 func main() {
 	opts, err := parseFlags(os.Args[1:])
@@ -76,6 +83,7 @@ func parseFlags(args []string) (Options, error) {
 	fs.IntVar(&o.Load, "load", 1000, "offered load of the fixed-rate latency run, in messages per second")
 	fs.DurationVar(&o.LatencyDuration, "latency-duration", 10*time.Second, "how long the fixed-rate latency run publishes")
 	fs.IntVar(&o.ScaleRows, "scale-rows", 1_000_000, "pending rows in the scale case")
+	fs.IntVar(&o.BlockedRows, "blocked-rows", 100_000, "rows that cannot run in the blocked case, half in a parked stream, half of a topic without a handler")
 	fs.IntVar(&o.Rounds, "rounds", 3, "measured rounds of each throughput case; the fastest counts")
 	fs.IntVar(&o.InboxWorkers, "inbox-workers", 4, "inbox Config.Workers in the processing cases")
 	fs.IntVar(&o.InboxBatch, "inbox-batch", 0, "inbox Config.BatchSize in the processing cases (0: the library default)")
@@ -87,7 +95,8 @@ func parseFlags(args []string) (Options, error) {
 	fs.BoolVar(&o.Smoke, "smoke", false, "every case on a few hundred messages: checks the program works, measures nothing")
 	fs.StringVar(&o.JSON, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&o.MD, "md", "", "write the Markdown tables to this file")
-	fs.StringVar(&o.PNG, "png", "", "write a chart of the results to this PNG file")
+	fs.StringVar(&o.Chart, "chart", "", "write a chart of the results to this .png or .svg file (and the soak's to NAME-soak.EXT)")
+	o.Soak.flags(fs)
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return Options{}, err
@@ -114,6 +123,7 @@ func parseFlags(args []string) (Options, error) {
 func (o *Options) smoke() {
 	o.Messages = min(o.Messages, 300)
 	o.ScaleRows = min(o.ScaleRows, 10*o.Messages)
+	o.BlockedRows = min(o.BlockedRows, 10*o.Messages)
 	o.Load = min(o.Load, 300)
 	o.LatencyDuration = min(o.LatencyDuration, time.Second)
 	o.Rounds = 1
@@ -133,12 +143,16 @@ func (o Options) validate() error {
 		return errors.New("-rounds must be positive")
 	case o.ScaleRows < o.Messages*o.Rounds:
 		return errors.New("-scale-rows must be at least -messages times -rounds")
+	case o.BlockedRows < 2:
+		return errors.New("-blocked-rows must be at least 2")
 	case o.InboxWorkers < 1 || o.RiverWorkers < 1:
 		return errors.New("-inbox-workers and -river-workers must be positive")
 	case o.InboxBatch < 0 || o.ReceiverPrefetch < 0 || o.ReceiverBatch < 0 || o.ReceiverLinger < 0:
 		return errors.New("-inbox-batch and the -receiver flags must not be negative")
+	case o.Chart != "" && !slices.Contains([]string{".png", ".svg"}, filepath.Ext(o.Chart)):
+		return errors.New("-chart must name a .png or .svg file")
 	}
-	return nil
+	return o.Soak.validate()
 }
 
 func (o Options) runs(name string) bool {
@@ -190,8 +204,8 @@ func writeOutputs(rep *Report, opts Options) error {
 			return err
 		}
 	}
-	if opts.PNG != "" {
-		if err := writeChart(rep, opts.PNG); err != nil {
+	if opts.Chart != "" {
+		if err := writeCharts(rep, opts.Chart); err != nil {
 			return err
 		}
 	}
@@ -205,6 +219,12 @@ func run(ctx context.Context, opts Options) (*Report, error) {
 	defer b.close()
 	if err := b.describeMachine(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Soak.Duration > 0 {
+		logf("soak for %s", opts.Soak.Duration)
+		err := b.soak(ctx)
+		b.rep.compare()
+		return b.rep, err
 	}
 	for _, c := range b.cases() {
 		if !slices.ContainsFunc(c.names, opts.runs) {
@@ -239,6 +259,7 @@ func (b *bench) cases() []benchCase {
 	return []benchCase{
 		{[]string{"ceiling", "ingest"}, b.ceilingsAndIngest},
 		{[]string{"processing"}, b.processing},
+		{[]string{"blocked"}, b.blocked},
 		{[]string{"ordered"}, b.ordered},
 		{[]string{"latency"}, b.latency},
 		{[]string{"scale"}, b.scale},
@@ -295,5 +316,5 @@ func (b *bench) describeMachine(ctx context.Context) error {
 }
 
 func (b *bench) needsBroker() bool {
-	return b.opts.runs("ceiling") || b.opts.runs("ingest") || b.opts.runs("latency")
+	return b.opts.Soak.Duration > 0 || b.opts.runs("ceiling") || b.opts.runs("ingest") || b.opts.runs("latency")
 }

@@ -18,50 +18,65 @@ const benchTopic = "bench"
 // benchStreams is how many streams the ordered case spreads messages over.
 const benchStreams = 1000
 
-// loadPending bulk-loads n pending messages of bodySize bytes into schema's
-// inbox table in one INSERT ... SELECT generate_series, far faster than
-// Store for a million rows. With streams > 0, message g goes to stream
-// g mod streams with the next sequence number of that stream, so every
-// stream has work from the start and the streams interleave in arrival
-// order, as they would off a shared queue.
-func loadPending(ctx context.Context, pool *pgxpool.Pool, schema string, n, bodySize, streams int) error {
+// rows describes a bulk load of pending messages.
+type rows struct {
+	n      int
+	prefix string // of message IDs: prefix-g
+	topic  string
+	// streams > 0 spreads the rows over that many streams, named
+	// streamPrefix-k: message g goes to stream g mod streams with the next
+	// sequence number of that stream, so every stream has work from the
+	// start and the streams interleave in arrival order, as they would off a
+	// shared queue.
+	streams      int
+	streamPrefix string
+}
+
+// loadRows bulk-loads r into schema's inbox table in INSERT ... SELECT
+// generate_series statements, far faster than Store for a million rows.
+func loadRows(ctx context.Context, pool *pgxpool.Pool, schema string, r rows, bodySize int) error {
 	q := pgx.Identifier{schema}.Sanitize()
 	// The body is the same for every row: the benchmark cares about its
 	// size, and the filler is not compressible below the TOAST threshold.
 	payload := body(bodySize, time.Now())
 	// Chunks keep one statement's WAL and memory moderate for a million rows.
 	const chunk = 200_000
-	for from := 0; from < n; from += chunk {
-		to := min(from+chunk, n) - 1
+	for from := 0; from < r.n; from += chunk {
+		to := min(from+chunk, r.n) - 1
 		var err error
-		if streams > 0 {
+		if r.streams > 0 {
 			_, err = pool.Exec(ctx, `
 INSERT INTO `+q+`.inbox_messages (source, message_id, topic, stream, seq, body)
-SELECT 'bench', 'm-' || g, $3, 's-' || (g % $4), g / $4 + 1, $5
-FROM generate_series($1::bigint, $2::bigint) g`, from, to, benchTopic, streams, payload)
+SELECT 'bench', $6 || '-' || g, $3, $7 || '-' || (g % $4), g / $4 + 1, $5
+FROM generate_series($1::bigint, $2::bigint) g`, from, to, r.topic, r.streams, payload, r.prefix, r.streamPrefix)
 		} else {
 			_, err = pool.Exec(ctx, `
 INSERT INTO `+q+`.inbox_messages (source, message_id, topic, body)
-SELECT 'bench', 'm-' || g, $3, $4
-FROM generate_series($1::bigint, $2::bigint) g`, from, to, benchTopic, payload)
+SELECT 'bench', $5 || '-' || g, $3, $4
+FROM generate_series($1::bigint, $2::bigint) g`, from, to, r.topic, payload, r.prefix)
 		}
 		if err != nil {
 			return fmt.Errorf("bulk-load messages %d..%d into %s: %w", from, to, schema, err)
 		}
 	}
-	if streams > 0 {
+	if r.streams > 0 {
 		if _, err := pool.Exec(ctx, `
 INSERT INTO `+q+`.inbox_streams (source, stream, next_seq)
-SELECT 'bench', 's-' || g, 1 FROM generate_series(0, $1::int - 1) g`, min(streams, n)); err != nil {
+SELECT 'bench', $2 || '-' || g, 1 FROM generate_series(0, $1::int - 1) g`, min(r.streams, r.n), r.streamPrefix); err != nil {
 			return fmt.Errorf("create streams in %s: %w", schema, err)
 		}
 	}
-	// Settle the fresh rows as they would be in a running system, where a
-	// backlog has been there a while: statistics for the planner, hint bits
-	// and the visibility map set by vacuum, and the bulk load's dirty pages
-	// written by a checkpoint. Otherwise the first round pays for the load:
-	// every row it reads is dirtied to set hint bits, and a million rows of
-	// WAL set off a checkpoint in the middle of the measurement.
+	return nil
+}
+
+// settle leaves freshly loaded rows as they would be in a running system,
+// where a backlog has been there a while: statistics for the planner, hint
+// bits and the visibility map set by vacuum, and the bulk load's dirty
+// pages written by a checkpoint. Otherwise the first round pays for the
+// load: every row it reads is dirtied to set hint bits, and a million rows
+// of WAL set off a checkpoint in the middle of the measurement.
+func settle(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	q := pgx.Identifier{schema}.Sanitize()
 	if _, err := pool.Exec(ctx, "VACUUM (ANALYZE) "+q+".inbox_messages, "+q+".inbox_streams"); err != nil {
 		return fmt.Errorf("vacuum %s: %w", schema, err)
 	}
@@ -71,6 +86,15 @@ SELECT 'bench', 's-' || g, 1 FROM generate_series(0, $1::int - 1) g`, min(stream
 		logf("warning: CHECKPOINT after loading %s: %v", schema, err)
 	}
 	return nil
+}
+
+// loadPending bulk-loads n pending messages of the benchmark's topic
+// (over streams streams, or unordered when 0) and settles them.
+func loadPending(ctx context.Context, pool *pgxpool.Pool, schema string, n, bodySize, streams int) error {
+	if err := loadRows(ctx, pool, schema, rows{n: n, prefix: "m", topic: benchTopic, streams: streams, streamPrefix: "s"}, bodySize); err != nil {
+		return err
+	}
+	return settle(ctx, pool, schema)
 }
 
 // counter counts handler calls and closes reached once it reaches target.
@@ -122,54 +146,105 @@ type inboxRun struct {
 	pending  int // rows loaded before the rounds; at least messages
 	rounds   int // measured runs on the loaded rows, each of messages
 	streams  int // 0 for unordered messages
+	// blocked > 0 adds rows that cannot run beside the load, half in a
+	// parked stream and half of a topic without a handler.
+	blocked  int
 	bodySize int
 	cfg      inbox.Config
 }
 
 // runInboxProcessing loads the pending rows once, then runs r.rounds
-// rounds: each starts an Inbox with a no-op handler and measures how long
-// r.messages more take to be handled and committed, then stops it. Rounds
-// after the first work on what the earlier ones left, so pending must hold
-// enough rows for all of them.
+// rounds on them (see testbed.round).
 func runInboxProcessing(ctx context.Context, r inboxRun) ([]Result, error) {
 	r.rounds = max(r.rounds, 1)
-	pending := max(r.pending, r.messages*r.rounds)
-	pool, err := newPool(ctx, "bench "+r.name, int32(r.cfg.Workers+4))
+	tb, err := prepareInbox(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	defer pool.Close()
-	schema, drop, err := inboxSchema(ctx, pool, "bench_"+sanitize(r.name))
-	if err != nil {
-		return nil, err
-	}
-	defer drop()
-	loadStart := time.Now()
-	if err := loadPending(ctx, pool, schema, pending, r.bodySize, r.streams); err != nil {
-		return nil, err
-	}
-	logf("%s: loaded %d pending rows in %s", r.name, pending, time.Since(loadStart).Round(time.Millisecond))
-
-	cfg := r.cfg
-	cfg.Schema = schema
-	cfg.Logger = quietLogger()
-	countDone := "SELECT count(*) FROM " + pgx.Identifier{schema}.Sanitize() + ".inbox_messages WHERE state = 'done'"
+	defer tb.close()
 	var out []Result
 	for range r.rounds {
-		var done int64
-		if err := pool.QueryRow(ctx, countDone).Scan(&done); err != nil {
-			return nil, fmt.Errorf("%s: count done: %w", r.name, err)
-		}
-		res, err := inboxRound(ctx, pool, cfg, r, countDone, done+int64(r.messages))
+		res, err := tb.round(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", r.name, err)
-		}
-		if pending > r.messages {
-			res.Settings += fmt.Sprintf(", %d of %d pending rows", r.messages, pending-int(done))
+			return nil, err
 		}
 		out = append(out, res)
 	}
 	return out, nil
+}
+
+// testbed is a schema loaded with pending rows for rounds of an Inbox.
+type testbed struct {
+	r         inboxRun
+	pool      *pgxpool.Pool
+	schema    string
+	claims    *claimTracer
+	pending   int
+	countDone string
+}
+
+// prepareInbox creates a schema and loads it with enough rows for
+// r.rounds rounds (and r.pending at least), plus r.blocked blocked rows.
+func prepareInbox(ctx context.Context, r inboxRun) (*testbed, error) {
+	tb := &testbed{r: r, claims: &claimTracer{}, pending: max(r.pending, r.messages*max(r.rounds, 1))}
+	pool, err := newTracedPool(ctx, "bench "+r.name, int32(r.cfg.Workers+4), tb.claims)
+	if err != nil {
+		return nil, err
+	}
+	tb.pool = pool
+	schema, drop, err := inboxSchema(ctx, pool, "bench_"+sanitize(r.name))
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	tb.schema = schema
+	tb.countDone = "SELECT count(*) FROM " + pgx.Identifier{schema}.Sanitize() + ".inbox_messages WHERE state = 'done'"
+	loadStart := time.Now()
+	err = loadBlocked(ctx, pool, schema, r.blocked, r.bodySize)
+	if err == nil {
+		err = loadPending(ctx, pool, schema, tb.pending, r.bodySize, r.streams)
+	}
+	if err != nil {
+		drop()
+		pool.Close()
+		return nil, err
+	}
+	logf("%s: loaded %d pending rows and %d blocked in %s", r.name, tb.pending, r.blocked, time.Since(loadStart).Round(time.Millisecond))
+	return tb, nil
+}
+
+func (tb *testbed) close() {
+	dropSchema(tb.pool, tb.schema)
+	tb.pool.Close()
+}
+
+// round starts an Inbox with a no-op handler, measures how long
+// tb.r.messages more take to be handled and committed, then stops it.
+// Rounds after the first work on what the earlier ones left.
+func (tb *testbed) round(ctx context.Context) (Result, error) {
+	var done int64
+	if err := tb.pool.QueryRow(ctx, tb.countDone).Scan(&done); err != nil {
+		return Result{}, fmt.Errorf("%s: count done: %w", tb.r.name, err)
+	}
+	if left := tb.pending - int(done); left < tb.r.messages {
+		return Result{}, fmt.Errorf("%s: %d pending rows left, a round needs %d", tb.r.name, left, tb.r.messages)
+	}
+	cfg := tb.r.cfg
+	cfg.Schema = tb.schema
+	cfg.Logger = quietLogger()
+	tb.claims.take() // only this round's claims
+	res, err := inboxRound(ctx, tb.pool, cfg, tb.r, tb.countDone, done+int64(tb.r.messages))
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: %w", tb.r.name, err)
+	}
+	res.Claims = summarizeClaims(tb.claims.take())
+	if tb.pending > tb.r.messages {
+		res.Settings += fmt.Sprintf(", %d of %d pending rows", tb.r.messages, tb.pending-int(done))
+	}
+	if tb.r.blocked > 0 {
+		res.Settings += fmt.Sprintf(", beside %d blocked rows", tb.r.blocked)
+	}
+	return res, nil
 }
 
 // inboxRound runs one Inbox until committed rows are done.

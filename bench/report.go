@@ -18,10 +18,12 @@ type Result struct {
 	Messages int     `json:"messages"`
 	Seconds  float64 `json:"seconds"`
 	// Rate is Messages per second.
-	Rate     float64  `json:"rate_per_sec"`
-	Latency  *Latency `json:"latency,omitempty"`
-	Memory   *Memory  `json:"memory,omitempty"`
-	Settings string   `json:"settings"`
+	Rate    float64  `json:"rate_per_sec"`
+	Latency *Latency `json:"latency,omitempty"`
+	Memory  *Memory  `json:"memory,omitempty"`
+	// Claims times the inbox's claim statements, where the case traced them.
+	Claims   *ClaimLatency `json:"claims,omitempty"`
+	Settings string        `json:"settings"`
 	// RoundRates are the rates of every round when the case ran several;
 	// the result is the fastest round (see best).
 	RoundRates []float64 `json:"round_rates,omitempty"`
@@ -98,6 +100,7 @@ type Report struct {
 	Options     Options      `json:"options"`
 	Results     []Result     `json:"results"`
 	Comparisons []Comparison `json:"comparisons"`
+	Soak        *Soak        `json:"soak,omitempty"`
 }
 
 // Machine describes where the run took place.
@@ -118,24 +121,35 @@ func (r *Report) result(id string) (Result, bool) {
 	return Result{}, false
 }
 
-// Targets of issue 6, on a 2-core machine.
+// Targets of issues 6 and 13, on a 2-core machine.
 const (
-	targetIngestVsBroker  = 0.8
-	targetIngestVsNaive   = 7
-	targetInboxVsRiver    = 1.5
-	targetOrderedVsPlain  = 0.5
-	targetLatencyP50Ms    = 5
-	targetLatencyP99Ms    = 25
-	targetScaleVsBase     = 0.8
-	targetScaleMemVsBase  = 1.5 // "does not grow": peak heap within 1.5x
+	targetIngestVsBroker    = 0.8
+	targetIngestVsNaive     = 7
+	targetIngestVsWatermill = 1.0
+	targetInboxVsRiver      = 3
+	targetBlockedVsClean    = 0.9
+	targetOrderedVsPlain    = 0.5
+	targetLatencyP50Ms      = 5
+	targetLatencyP99Ms      = 25
+	targetScaleVsBase       = 0.8
+	targetScaleMemVsBase    = 1.5 // "does not grow": peak heap within 1.5x
+	targetSoakFlat          = 1.2 // last minute within 20% of the first
+)
+
+// Result IDs.
+const (
 	latencyFixedID        = "latency/fixed"
 	latencySaturationID   = "latency/saturation"
 	resultBrokerCeiling   = "ceiling/broker"
 	resultDBCeiling       = "ceiling/db"
+	resultDBProcessing    = "ceiling/db-processing"
 	resultIngestInbox     = "ingest/inbox"
 	resultIngestNaive     = "ingest/naive"
+	resultIngestWatermill = "ingest/watermill"
 	resultProcessingInbox = "processing/inbox"
 	resultProcessingRiver = "processing/river"
+	resultBlockedClean    = "blocked/clean"
+	resultBlockedInbox    = "blocked/inbox"
 	resultOrderedInbox    = "ordered/inbox"
 	resultScaleInbox      = "scale/inbox"
 )
@@ -154,8 +168,20 @@ func (r *Report) compare() {
 	}
 	ratio("ingest vs broker ceiling", resultIngestInbox, resultBrokerCeiling, ">=", targetIngestVsBroker)
 	ratio("ingest vs naive consumer", resultIngestInbox, resultIngestNaive, ">=", targetIngestVsNaive)
+	ratio("ingest vs Watermill (no-op handler)", resultIngestInbox, resultIngestWatermill, ">=", targetIngestVsWatermill)
 	ratio("ingest vs database ceiling", resultIngestInbox, resultDBCeiling, "", 0)
 	ratio("processing vs River", resultProcessingInbox, resultProcessingRiver, ">=", targetInboxVsRiver)
+	ratio("processing vs database processing ceiling", resultProcessingInbox, resultDBProcessing, "", 0)
+	ratio("blocked rows vs clean", resultBlockedInbox, resultBlockedClean, ">=", targetBlockedVsClean)
+	claimRatio := func(name string, p func(*ClaimLatency) float64) {
+		a, okA := r.result(resultBlockedInbox)
+		b, okB := r.result(resultBlockedClean)
+		if okA && okB && a.Claims != nil && b.Claims != nil && p(b.Claims) > 0 {
+			r.add(Comparison{Name: name, Of: resultBlockedInbox, Against: resultBlockedClean, Value: p(a.Claims) / p(b.Claims), Unit: "x"})
+		}
+	}
+	claimRatio("blocked rows vs clean: claim p50", func(c *ClaimLatency) float64 { return c.P50Ms })
+	claimRatio("blocked rows vs clean: claim p99", func(c *ClaimLatency) float64 { return c.P99Ms })
 	ratio("ordered (1,000 streams) vs unordered", resultOrderedInbox, resultProcessingInbox, ">=", targetOrderedVsPlain)
 	if l, ok := r.result(latencyFixedID); ok && l.Latency != nil {
 		r.add(Comparison{Name: fmt.Sprintf("latency p50 at %.0f msg/s", l.Latency.OfferedRate), Of: latencyFixedID, Value: l.Latency.P50Ms, Unit: "ms", Op: "<=", Target: targetLatencyP50Ms})
@@ -168,6 +194,9 @@ func (r *Report) compare() {
 			r.add(Comparison{Name: scaleName + ": peak heap", Of: resultScaleInbox, Against: resultProcessingInbox,
 				Value: s.Memory.PeakHeapInuseMiB / b.Memory.PeakHeapInuseMiB, Unit: "x", Op: "<=", Target: targetScaleMemVsBase})
 		}
+	}
+	if r.Soak != nil {
+		r.Soak.compare(r)
 	}
 }
 
@@ -203,18 +232,21 @@ func (r *Report) writeMarkdown(w io.Writer) error {
 	if r.Options.Smoke {
 		b.WriteString("Smoke mode: a few hundred messages check that every case works; the figures mean nothing.\n\n")
 	}
-	b.WriteString("| Case | Messages | Seconds | Rate (msg/s) | Latency p50 / p95 / p99 (ms) | Peak heap in use / RSS (MiB) | Settings |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| Case | Messages | Seconds | Rate (msg/s) | Latency p50 / p95 / p99 (ms) | Claim p50 / p99 (ms) | Peak heap in use / RSS (MiB) | Settings |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, res := range r.Results {
-		lat, mem := "", ""
+		lat, claims, mem := "", "", ""
+		if c := res.Claims; c != nil {
+			claims = fmt.Sprintf("%.2f / %.2f (%d claims)", c.P50Ms, c.P99Ms, c.Claims)
+		}
 		if l := res.Latency; l != nil {
 			lat = fmt.Sprintf("%.1f / %.1f / %.1f (p50 to store %.1f, store to handler %.1f)", l.P50Ms, l.P95Ms, l.P99Ms, l.ToStoreP50Ms, l.ToHandlerP50Ms)
 		}
 		if m := res.Memory; m != nil {
 			mem = fmt.Sprintf("%.1f / %.0f", m.PeakHeapInuseMiB, m.PeakRSSMiB)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s |\n",
-			res.Title, res.Messages, res.Seconds, thousands(res.Rate), lat, mem, res.Settings)
+		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s | %s |\n",
+			res.Title, res.Messages, res.Seconds, thousands(res.Rate), lat, claims, mem, res.Settings)
 	}
 	b.WriteString("\n| Comparison | Measured | Target | Met |\n|---|---:|---:|---|\n")
 	for _, c := range r.Comparisons {
@@ -227,6 +259,9 @@ func (r *Report) writeMarkdown(w io.Writer) error {
 			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", c.Name, formatValue(c.Value, c.Unit), target, met)
+	}
+	if r.Soak != nil {
+		r.Soak.writeMarkdown(&b)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/inboxkit/inbox"
+	"github.com/inboxkit/inbox/amqp"
+)
+
+// SoakOptions are the -soak flags.
+type SoakOptions struct {
+	Duration time.Duration `json:"duration_ns"`
+	// Rate is the offered load; 0 measures the saturated end-to-end rate
+	// first and offers half of it.
+	Rate        float64       `json:"rate_per_sec"`
+	Bucket      time.Duration `json:"bucket_ns"`
+	Retention   time.Duration `json:"retention_ns"`
+	Maintenance time.Duration `json:"maintenance_interval_ns"`
+}
+
+func (o *SoakOptions) flags(fs *flag.FlagSet) {
+	fs.DurationVar(&o.Duration, "soak", 0, "run the soak for this long instead of the cases (0: no soak)")
+	fs.Float64Var(&o.Rate, "soak-rate", 0, "offered load of the soak in msg/s (0: half the saturated end-to-end rate, measured first)")
+	fs.DurationVar(&o.Bucket, "soak-bucket", time.Minute, "length of one reported soak bucket")
+	fs.DurationVar(&o.Retention, "soak-retention", time.Minute, "inbox Config.Retention in the soak, short so cleanup deletes during it")
+	fs.DurationVar(&o.Maintenance, "soak-maintenance", 10*time.Second, "inbox Config.MaintenanceInterval in the soak")
+}
+
+func (o SoakOptions) validate() error {
+	switch {
+	case o.Duration < 0 || o.Rate < 0:
+		return errors.New("-soak and -soak-rate must not be negative")
+	case o.Duration > 0 && (o.Bucket <= 0 || o.Bucket > o.Duration):
+		return errors.New("-soak-bucket must be positive and at most -soak")
+	case o.Retention <= 0 || o.Maintenance <= 0:
+		return errors.New("-soak-retention and -soak-maintenance must be positive")
+	}
+	return nil
+}
+
+// Soak is the per-bucket record of a soak run.
+type Soak struct {
+	OfferedRate float64 `json:"offered_rate"`
+	// SaturatedRate is the end-to-end rate measured before the soak, when
+	// the offered rate was derived from it.
+	SaturatedRate float64      `json:"saturated_rate,omitempty"`
+	Published     int          `json:"published"`
+	Settings      string       `json:"settings"`
+	Buckets       []SoakBucket `json:"buckets"`
+}
+
+// SoakBucket is what one bucket (a minute by default) of the soak saw.
+type SoakBucket struct {
+	// End is the bucket's end, since the soak began.
+	EndSeconds float64 `json:"end_seconds"`
+	Handled    int     `json:"handled"`
+	Rate       float64 `json:"rate_per_sec"`
+	// End-to-end latency, publish to handler start, of the messages
+	// handled in the bucket.
+	P50Ms float64 `json:"p50_ms"`
+	P99Ms float64 `json:"p99_ms"`
+	// Claims times the claim statements of the bucket (see claimTracer).
+	Claims ClaimLatency `json:"claims"`
+	// Sizes at the bucket's end: inbox_messages without its indexes (with
+	// TOAST), its indexes, and inbox_streams with its indexes.
+	MessagesTableMiB   float64 `json:"messages_table_mib"`
+	MessagesIndexesMiB float64 `json:"messages_indexes_mib"`
+	StreamsMiB         float64 `json:"streams_mib"`
+	Rows               int64   `json:"rows"`
+	StreamRows         int64   `json:"stream_rows"`
+	DeadTuples         int64   `json:"dead_tuples"`
+	RSSMiB             float64 `json:"rss_mib"`
+	HeapInuseMiB       float64 `json:"heap_inuse_mib"`
+}
+
+// soakStreamLen is how many messages each soak stream carries: every other
+// message is ordered, in streams of this many, so new streams keep coming
+// and old ones go idle (their rows in inbox_streams stay).
+const soakStreamLen = 10
+
+func soakHeaders(i int) amqp091.Table {
+	if i%2 == 0 {
+		return nil
+	}
+	k := i / 2
+	return amqp091.Table{amqp.DefaultStreamHeader: fmt.Sprintf("s-%d", k/soakStreamLen), amqp.DefaultSequenceHeader: int64(k%soakStreamLen + 1)}
+}
+
+// soak measures the saturated end-to-end rate unless -soak-rate gives one,
+// then runs the soak at half of it.
+func (b *bench) soak(ctx context.Context) error {
+	br, err := b.amqp()
+	if err != nil {
+		return err
+	}
+	o := b.opts.Soak
+	rate, saturated := o.Rate, 0.0
+	if rate == 0 {
+		res, err := runLatency(ctx, br, b.opts.Messages, 0, b.opts.Body, b.inboxConfig(), b.receiverConfig)
+		if err != nil {
+			return fmt.Errorf("saturation before the soak: %w", err)
+		}
+		b.record(latencySaturationID, "Latency at saturation (end to end)", res)
+		saturated, rate = res.Rate, res.Rate/2
+	}
+	logf("soak: %s at %.0f msg/s", o.Duration, rate)
+	s, err := runSoak(ctx, br, o, rate, b.opts.Body, b.inboxConfig(), b.receiverConfig)
+	if s != nil {
+		s.SaturatedRate = saturated
+		b.rep.Soak = s
+	}
+	return err
+}
+
+// soakWindow collects the latencies of one bucket from concurrent handlers.
+type soakWindow struct {
+	mu      sync.Mutex
+	lat     latencies
+	handled int
+}
+
+func (w *soakWindow) add(d time.Duration, timed bool) {
+	w.mu.Lock()
+	w.handled++
+	if timed {
+		w.lat.samples = append(w.lat.samples, d)
+	}
+	w.mu.Unlock()
+}
+
+func (w *soakWindow) take() (Latency, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, n := w.lat.summary(), w.handled
+	w.lat.samples, w.handled = nil, 0
+	return s, n
+}
+
+// runSoak runs the receiver and the inbox's workers with retention cleanup
+// on, publishes at rate for o.Duration and samples every o.Bucket. On an
+// error it returns the buckets so far with it.
+func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodySize int, cfg inbox.Config, rcfg func(queue string) amqp.Config) (*Soak, error) {
+	claims := &claimTracer{}
+	pool, err := newTracedPool(ctx, "bench soak", int32(cfg.Workers+6), claims)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	schema, drop, err := inboxSchema(ctx, pool, "bench_soak")
+	if err != nil {
+		return nil, err
+	}
+	defer drop()
+	queue, del, err := br.declareQueue("bench_soak")
+	if err != nil {
+		return nil, err
+	}
+	defer del()
+
+	cfg.Schema, cfg.Logger = schema, quietLogger()
+	cfg.Retention, cfg.MaintenanceInterval = o.Retention, o.Maintenance
+	in, err := inbox.New(pool, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var win soakWindow
+	in.Handle(benchTopic, func(_ context.Context, _ pgx.Tx, m *inbox.Message) error {
+		sent, ok := sentAt(m.Body)
+		win.add(time.Since(sent), ok && m.Attempt == 1)
+		return nil
+	})
+	if err := in.Start(ctx); err != nil {
+		return nil, err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := in.Stop(stopCtx); err != nil {
+			logf("warning: stop inbox: %v", err)
+		}
+	}()
+	rcv, err := amqp.NewReceiver(in, rcfg(queue))
+	if err != nil {
+		return nil, err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	wait := runReceiver(runCtx, rcv)
+	defer func() { stop(); _ = wait() }()
+	if err := pollUntil(ctx, 30*time.Second, 10*time.Millisecond, func() bool {
+		q, err := br.inspect(queue)
+		return err == nil && q.Consumers > 0
+	}); err != nil {
+		return nil, fmt.Errorf("receiver did not start consuming: %w", err)
+	}
+
+	rc := rcv.Config()
+	ic := in.Config()
+	s := &Soak{
+		OfferedRate: rate,
+		Published:   int(rate * o.Duration.Seconds()),
+		Settings: fmt.Sprintf("%s, inbox Workers=%d BatchSize=%d Retention=%s MaintenanceInterval=%s CleanupBatch=%d, every other message in streams of %d",
+			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, soakStreamLen),
+	}
+	sizes := newSizeQuery(schema)
+	pubCtx, cancelPub := context.WithCancel(ctx)
+	defer cancelPub()
+	published := make(chan error, 1)
+	buckets := max(1, int(o.Duration/o.Bucket))
+	claims.take()
+	win.take()
+	start := time.Now()
+	go func() { published <- br.publishPaced(pubCtx, queue, s.Published, rate, bodySize, soakHeaders) }()
+	ticker := time.NewTicker(o.Bucket)
+	defer ticker.Stop()
+	last := start
+	for len(s.Buckets) < buckets {
+		select {
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case err := <-published:
+			if err != nil {
+				return s, fmt.Errorf("publish: %w", err)
+			}
+			published = nil // done: sample the buckets that are left
+		case now := <-ticker.C:
+			bk := SoakBucket{EndSeconds: now.Sub(start).Seconds()}
+			lat, handled := win.take()
+			bk.Handled, bk.Rate = handled, float64(handled)/now.Sub(last).Seconds()
+			bk.P50Ms, bk.P99Ms = lat.P50Ms, lat.P99Ms
+			bk.Claims = *summarizeClaims(claims.take())
+			if err := sizes.read(ctx, pool, &bk); err != nil {
+				return s, err
+			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			bk.RSSMiB, bk.HeapInuseMiB = float64(rssBytes())/(1<<20), float64(ms.HeapInuse)/(1<<20)
+			s.Buckets = append(s.Buckets, bk)
+			last = now
+			logf("  soak %6.0fs: %6.0f msg/s, p50 %.1f ms, p99 %.1f ms, claim p50 %.2f ms, table %.1f MiB, indexes %.1f MiB, %d dead tuples, RSS %.0f MiB",
+				bk.EndSeconds, bk.Rate, bk.P50Ms, bk.P99Ms, bk.Claims.P50Ms, bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.DeadTuples, bk.RSSMiB)
+		}
+	}
+	cancelPub()
+	if published != nil {
+		if err := <-published; err != nil && !errors.Is(err, context.Canceled) {
+			return s, fmt.Errorf("publish: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// sizeQuery reads the inbox tables' sizes and dead tuples.
+type sizeQuery struct{ sql, messages, streams string }
+
+func newSizeQuery(schema string) sizeQuery {
+	q := pgx.Identifier{schema}.Sanitize()
+	return sizeQuery{
+		messages: q + ".inbox_messages",
+		streams:  q + ".inbox_streams",
+		sql: `
+SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass), pg_total_relation_size($2::regclass),
+       coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass), 0),
+       (SELECT count(*) FROM ` + q + `.inbox_messages), (SELECT count(*) FROM ` + q + `.inbox_streams)`,
+	}
+}
+
+func (q sizeQuery) read(ctx context.Context, pool interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, bk *SoakBucket) error {
+	var table, indexes, streams int64
+	if err := pool.QueryRow(ctx, q.sql, q.messages, q.streams).Scan(&table, &indexes, &streams, &bk.DeadTuples, &bk.Rows, &bk.StreamRows); err != nil {
+		return fmt.Errorf("read table sizes: %w", err)
+	}
+	const mib = 1 << 20
+	bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.StreamsMiB = float64(table)/mib, float64(indexes)/mib, float64(streams)/mib
+	return nil
+}
+
+// compare adds the soak's last-bucket-over-first ratios to r.
+func (s *Soak) compare(r *Report) {
+	if len(s.Buckets) < 2 {
+		return
+	}
+	first, last := s.Buckets[0], s.Buckets[len(s.Buckets)-1]
+	ratio := func(name string, a, b float64, op string, target float64) {
+		if b > 0 {
+			r.add(Comparison{Name: "soak, last vs first bucket: " + name, Value: a / b, Unit: "x", Op: op, Target: target})
+		}
+	}
+	ratio("latency p50", last.P50Ms, first.P50Ms, "<=", targetSoakFlat)
+	ratio("latency p99", last.P99Ms, first.P99Ms, "<=", targetSoakFlat)
+	ratio("claim p50", last.Claims.P50Ms, first.Claims.P50Ms, "<=", targetSoakFlat)
+	ratio("claim p99", last.Claims.P99Ms, first.Claims.P99Ms, "<=", targetSoakFlat)
+	ratio("messages table + indexes", last.MessagesTableMiB+last.MessagesIndexesMiB, first.MessagesTableMiB+first.MessagesIndexesMiB, "", 0)
+	ratio("inbox_streams size", last.StreamsMiB, first.StreamsMiB, "", 0)
+	ratio("RSS", last.RSSMiB, first.RSSMiB, "", 0)
+}
+
+// writeMarkdown writes the per-bucket table.
+func (s *Soak) writeMarkdown(b *strings.Builder) {
+	fmt.Fprintf(b, "\nSoak at %s msg/s offered", thousands(s.OfferedRate))
+	if s.SaturatedRate > 0 {
+		fmt.Fprintf(b, " (half the saturated end-to-end rate of %s msg/s)", thousands(s.SaturatedRate))
+	}
+	fmt.Fprintf(b, ", %d messages; %s.\n\n", s.Published, s.Settings)
+	b.WriteString("| End (s) | Handled (msg/s) | Latency p50 / p99 (ms) | Claim p50 / p99 (ms) | Messages table / indexes (MiB) | Rows | Dead tuples | Streams (rows, MiB) | RSS / heap (MiB) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, k := range s.Buckets {
+		fmt.Fprintf(b, "| %.0f | %s | %.1f / %.1f | %.2f / %.2f | %.1f / %.1f | %d | %d | %d, %.1f | %.0f / %.1f |\n",
+			k.EndSeconds, thousands(k.Rate), k.P50Ms, k.P99Ms, k.Claims.P50Ms, k.Claims.P99Ms,
+			k.MessagesTableMiB, k.MessagesIndexesMiB, k.Rows, k.DeadTuples, k.StreamRows, k.StreamsMiB, k.RSSMiB, k.HeapInuseMiB)
+	}
+}
