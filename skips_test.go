@@ -3,12 +3,15 @@ package inbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/inboxkit/inbox"
 )
@@ -262,5 +265,84 @@ func TestMaintenanceIsolatesAFailingStream(t *testing.T) {
 	}
 	if !logs.has("refuses to move") {
 		t.Fatalf("the failing stream was not logged; logs: %q", logs.msgs)
+	}
+}
+
+// skipPoisoned leaves seq 2 of stream a dead below the watermark: it fails
+// once (poison), and an operator skips past it; 1 and 3 are applied.
+func (b *bundle) skipPoisoned() (*inbox.Inbox, *counter) {
+	b.t.Helper()
+	in := b.newInbox(inbox.Config{})
+	calls := &counter{}
+	in.Handle("t", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+		if calls.add(m.ID) == 1 && m.Seq == 2 {
+			return inbox.Permanent(errors.New("poison"))
+		}
+		return b.effect(ctx, tx, m)
+	})
+	if _, err := in.Store(b.ctx, seqMsg("a", 1), seqMsg("a", 2), seqMsg("a", 3), inbox.Message{ID: "u", Topic: "t"}); err != nil {
+		b.t.Fatal(err)
+	}
+	b.start(in)
+	b.waitState("dead", 1, 10*time.Second)
+	if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+		b.t.Fatal(err)
+	}
+	b.waitState("done", 3, 10*time.Second)
+	return in, calls
+}
+
+func TestRetryBelowWatermarkIsRefused(t *testing.T) {
+	b := setup(t)
+	in, calls := b.skipPoisoned()
+	// Another dead message, retryable, in the same bulk retry.
+	b.exec(`UPDATE ` + b.q + `.inbox_messages SET state = 'dead' WHERE message_id = 'u'`)
+	n, err := in.RetryDead(b.ctx, inbox.MessageFilter{})
+	var below *inbox.BelowWatermarkError
+	if n != 1 || !errors.Is(err, inbox.ErrBelowWatermark) || !errors.As(err, &below) ||
+		len(below.Messages) != 1 || below.Messages[0].Seq != 2 || below.Messages[0].Watermark != 4 {
+		t.Fatalf("RetryDead = %d, %v; want 1 requeued and seq 2 refused below watermark 4", n, err)
+	}
+	b.waitFor("u to run again", 10*time.Second, func() bool { return calls.get("u") == 2 })
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	if err != nil || len(dead) != 1 || dead[0].ID != "a-2" {
+		t.Fatalf("dead after the refused retry = %+v, %v; want a-2 left dead", dead, err)
+	}
+	if err := in.RetryMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrBelowWatermark) {
+		t.Fatalf("RetryMessage below the watermark = %v", err)
+	}
+	if c := calls.get("a-2"); c != 1 {
+		t.Fatalf("a-2 ran %d times; a refused retry must not run it", c)
+	}
+}
+
+func TestRetryOutOfOrderRunsBelowWatermark(t *testing.T) {
+	b := setup(t)
+	in, calls := b.skipPoisoned()
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	if err != nil || len(dead) != 1 {
+		t.Fatalf("dead = %+v, %v", dead, err)
+	}
+	if err := in.RetryMessage(b.ctx, dead[0].RowID, inbox.OutOfOrder()); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("done", 4, 10*time.Second)
+	if c := calls.get("a-2"); c != 2 {
+		t.Fatalf("a-2 ran %d times, want 2 (the poisoned run and the out-of-order one)", c)
+	}
+	rows, err := b.pool.Query(b.ctx, `SELECT seq FROM `+b.q+`.effects WHERE stream = 'a' ORDER BY applied`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || fmt.Sprint(seqs) != "[1 3 2]" {
+		t.Fatalf("applied %v, %v; want [1 3 2]", seqs, err)
+	}
+	if next, _ := b.streamRow("a"); next != 4 {
+		t.Fatalf("watermark %d after the out-of-order run, want 4 (unmoved)", next)
+	}
+	m, err := in.GetMessage(b.ctx, dead[0].RowID)
+	if err != nil || m.State != "done" || !m.OutOfOrder {
+		t.Fatalf("a-2 after its out-of-order run = %+v, %v; want done and marked out of order", m, err)
 	}
 }
