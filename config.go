@@ -50,7 +50,8 @@ const (
 	// the log and in Stats, and the stream stays visible as waiting.
 	GapWait GapPolicy = iota
 	// GapSkip gives up on the missing sequence numbers: the stream moves on to
-	// the lowest one it has, and the skip is recorded on the stream.
+	// the lowest one it has, and the skip is recorded on the stream. A
+	// skipped message that arrives later is stored dead (StoreResult.Late).
 	GapSkip
 	// GapPark parks the stream until an operator retries or skips it.
 	GapPark

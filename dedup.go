@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"unicode/utf8"
@@ -13,8 +14,9 @@ import (
 )
 
 // Store saves messages in one statement, keyed by (Source, ID): messages
-// already stored, or whose sequence is below their stream's watermark, are
-// duplicates and leave no row. When Store returns nil the new rows are
+// already stored, or whose sequence number their stream has applied, are
+// duplicates and leave no row. A message whose sequence number its stream
+// skipped before it arrived is stored dead (see StoreResult.Late). When Store returns nil the new rows are
 // committed, so the caller may acknowledge the messages to their broker.
 // A batch with an invalid message stores nothing and returns an
 // *InvalidMessageError.
@@ -74,6 +76,8 @@ func (in *Inbox) validate(i int, m *Message) error {
 		return bad(ReasonBodyTooLarge, fmt.Sprintf("%d bytes, limit %d", len(m.Body), in.cfg.MaxBodyBytes))
 	case m.Stream != "" && m.Seq < *in.cfg.FirstSeq:
 		return bad(ReasonBadSequence, fmt.Sprintf("sequence %d is below the first sequence %d", m.Seq, *in.cfg.FirstSeq))
+	case m.Stream != "" && m.Seq == math.MaxInt64:
+		return bad(ReasonBadSequence, seqCannotBeFollowed(m.Seq))
 	}
 	for name, s := range map[string]string{"id": m.ID, "topic": m.Topic, "stream": m.Stream, "source": source} {
 		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
@@ -97,7 +101,7 @@ type querier interface {
 }
 
 func (in *Inbox) store(ctx context.Context, db querier, msgs []Message) (StoreResult, error) {
-	res := StoreResult{New: make([]bool, len(msgs))}
+	res := StoreResult{New: make([]bool, len(msgs)), Late: make([]bool, len(msgs))}
 	if len(msgs) == 0 {
 		return res, nil
 	}
@@ -146,18 +150,25 @@ func (in *Inbox) store(ctx context.Context, db querier, msgs []Message) (StoreRe
 	if err != nil {
 		return StoreResult{}, fmt.Errorf("inbox: store batch of %d: %w", n, err)
 	}
-	stored := map[key]bool{}
+	stored := map[key]bool{} // the value: stored dead, as a late arrival
 	var k key
-	if _, err := pgx.ForEachRow(rows, []any{&k.source, &k.id}, func() error { stored[k] = true; return nil }); err != nil {
+	var late bool
+	if _, err := pgx.ForEachRow(rows, []any{&k.source, &k.id, &late}, func() error { stored[k] = late; return nil }); err != nil {
 		return StoreResult{}, fmt.Errorf("inbox: store batch of %d: %w", n, err)
 	}
 	for i := range msgs {
 		k := key{in.sourceOf(&msgs[i]), msgs[i].ID}
-		if stored[k] && first[k] == i {
+		late, ok := stored[k]
+		switch {
+		case !ok || first[k] != i:
+			res.Duplicates++
+		case late:
+			res.New[i], res.Late[i] = true, true
+			res.Stored++
+			res.Dead++
+		default:
 			res.New[i] = true
 			res.Stored++
-		} else {
-			res.Duplicates++
 		}
 	}
 	return res, nil

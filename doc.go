@@ -93,11 +93,20 @@
 // expects (its watermark), so a message whose sequence is below it is a
 // duplicate forever, even after its row is gone. When the next sequence has
 // not arrived but later ones have, the stream waits (a gap); after
-// [Config.GapTimeout] [Config.GapPolicy] applies: keep waiting ([GapWait]),
-// go on without it ([GapSkip]), or park the stream for an operator
-// ([GapPark]). A message that goes dead parks its stream only; other streams
-// carry on. Messages without a stream are handled in any order, in
-// parallel.
+// [Config.GapTimeout], counted from when the watermark reached the gap,
+// [Config.GapPolicy] applies: keep waiting ([GapWait]), go on without it
+// ([GapSkip]), or park the stream for an operator ([GapPark]). A message
+// that goes dead parks its stream only; other streams carry on. Messages
+// without a stream are handled in any order, in parallel.
+//
+// Skipped sequence numbers ([GapSkip], [Inbox.SkipStream]) are recorded: a
+// message that arrives for one later was never applied, so it is stored
+// dead with the reason "arrived after sequence N was skipped", not taken
+// for a duplicate ([StoreResult.Late]). [Inbox.RetryDead] refuses a message
+// below its stream's watermark ([ErrBelowWatermark]) unless given
+// [OutOfOrder], which runs it once after its successors without moving the
+// watermark. The largest sequence number, math.MaxInt64, is rejected
+// ([ReasonBadSequence]): no watermark could follow it.
 //
 // # Operations
 //

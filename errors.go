@@ -3,6 +3,7 @@ package inbox
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -38,6 +39,46 @@ func (e *InvalidMessageError) Error() string {
 	}
 	return msg
 }
+
+// ErrBelowWatermark is matched by a *BelowWatermarkError.
+var ErrBelowWatermark = errors.New("inbox: sequence number below its stream's watermark")
+
+// BelowWatermark is a dead ordered message whose stream has moved past it.
+type BelowWatermark struct {
+	RowID          int64
+	Source, Stream string
+	Seq            int64
+	Watermark      int64 // the stream's next expected sequence number
+}
+
+// BelowWatermarkError is returned by RetryDead and RetryMessage for the dead
+// messages they left dead because their streams have moved past them:
+// requeued, each would be taken for a duplicate and never handled. The
+// other messages were requeued. OutOfOrder requeues them anyway.
+type BelowWatermarkError struct {
+	Messages []BelowWatermark
+}
+
+func (e *BelowWatermarkError) Error() string {
+	const shown = 10
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "inbox: %d dead messages not requeued: their streams have moved past them, so they would never run (", len(e.Messages))
+	for i, m := range e.Messages {
+		if i == shown {
+			fmt.Fprintf(&sb, "; and %d more", len(e.Messages)-shown)
+			break
+		}
+		if i > 0 {
+			sb.WriteString("; ")
+		}
+		fmt.Fprintf(&sb, "message %d: stream %q seq %d, watermark %d", m.RowID, m.Stream, m.Seq, m.Watermark)
+	}
+	sb.WriteString("); requeue them out of order to run them anyway")
+	return sb.String()
+}
+
+// Is makes errors.Is(err, ErrBelowWatermark) true.
+func (e *BelowWatermarkError) Is(target error) bool { return target == ErrBelowWatermark }
 
 type permanentError struct{ err error }
 

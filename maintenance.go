@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -50,11 +51,16 @@ func (in *Inbox) maintainOnce(ctx context.Context) error {
 			_ = conn.Conn().Close(unlockCtx)
 		}
 	}()
-	if _, err := in.sweepGaps(ctx, conn); err != nil {
-		return err
-	}
+	// The chores are independent: a sweep that fails must not stop the
+	// cleanup, nor the other way round.
+	_, sweepErr := in.sweepGaps(ctx, conn)
+	return errors.Join(sweepErr, in.cleanupAll(ctx, conn))
+}
+
+// cleanupAll deletes processed rows past retention, batch by batch.
+func (in *Inbox) cleanupAll(ctx context.Context, db execer) error {
 	for {
-		deleted, err := in.cleanup(ctx, conn)
+		deleted, err := in.cleanup(ctx, db)
 		if err != nil {
 			return err
 		}

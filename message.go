@@ -34,8 +34,14 @@ type Message struct {
 // StoreResult tells which of the messages given to Store were new.
 type StoreResult struct {
 	// New[i] is true when the i-th message was stored, false when it was a
-	// duplicate (by ID, or by sequence below its stream's watermark).
+	// duplicate (by ID, or by a sequence number its stream has applied).
 	New []bool
-	// Stored and Duplicates count the two outcomes.
-	Stored, Duplicates int
+	// Late[i] is true when the i-th message was stored dead: its stream had
+	// skipped its sequence number (GapSkip or SkipStream) before it
+	// arrived. New[i] is true too. It is never handled unless an operator
+	// requeues it with OutOfOrder.
+	Late []bool
+	// Stored and Duplicates count the outcomes of New; Dead counts Late,
+	// which Stored includes.
+	Stored, Duplicates, Dead int
 }

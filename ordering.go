@@ -2,7 +2,9 @@ package inbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,11 +19,17 @@ import (
 //   - the handler of n+1 starts only after n's transaction has committed,
 //     because the watermark moves in that same transaction;
 //   - a sequence below the watermark is a duplicate, even after its row has
-//     been cleaned up.
+//     been cleaned up, unless the watermark skipped it (GapSkip, SkipStream):
+//     skipped ranges are recorded in inbox_skips, and a message arriving
+//     late for one is kept as dead, since it was never applied;
+//   - the largest sequence number, math.MaxInt64, is refused at Store: no
+//     watermark could follow it.
 //
-// A stream whose next message is missing waits (a gap). After GapTimeout
-// the GapPolicy applies. A message that goes dead parks its stream only;
-// other streams go on.
+// A stream whose next message is missing waits (a gap), from when the
+// watermark reached it. After GapTimeout the GapPolicy applies. A message
+// that goes dead parks its stream only; other streams go on. An operator
+// may requeue a dead message below the watermark to run out of order
+// (OutOfOrder): it runs without moving the watermark.
 
 // beginner starts a transaction on a pool or a connection.
 type beginner interface {
@@ -41,7 +49,9 @@ type streamWork struct {
 
 type streamMessage struct {
 	*Message
-	ready bool // run_at has passed
+	ready      bool   // run_at has passed
+	outOfOrder bool   // requeued by an operator to run below the watermark
+	late       string // below the watermark in a skipped range: why it dies
 }
 
 func collectStreams(br pgx.BatchResults) ([]*streamWork, error) {
@@ -75,7 +85,7 @@ func (in *Inbox) loadStreams(ctx context.Context, tx pgx.Tx, streams []*streamWo
 	}
 	b := &pgx.Batch{}
 	for _, s := range streams {
-		b.Queue(in.sql.loadStream, s.source, s.stream, in.cfg.StreamBatchSize)
+		b.Queue(in.sql.loadStream, s.source, s.stream, in.cfg.StreamBatchSize, s.nextSeq)
 	}
 	br := tx.SendBatch(ctx, b)
 	defer br.Close()
@@ -87,7 +97,8 @@ func (in *Inbox) loadStreams(ctx context.Context, tx pgx.Tx, streams []*streamWo
 		s.msgs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*streamMessage, error) {
 			m := &streamMessage{Message: &Message{Source: s.source, Stream: s.stream}}
 			var headers map[string]string
-			err := row.Scan(&m.RowID, &m.ID, &m.Topic, &m.Seq, &headers, &m.Body, &m.Attempt, &m.ReceivedAt, &m.ready)
+			err := row.Scan(&m.RowID, &m.ID, &m.Topic, &m.Seq, &headers, &m.Body, &m.Attempt, &m.ReceivedAt, &m.ready,
+				&m.outOfOrder, &m.late)
 			m.Headers = headers
 			m.Attempt++
 			return m, err
@@ -106,6 +117,19 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 	s.inGap = false
 	for _, m := range s.msgs {
 		switch {
+		case m.Seq < s.nextSeq && m.outOfOrder:
+			// The operator's choice: it runs, and the watermark stays. A
+			// failure does not park the stream, which has moved on.
+			if m.ready && in.handler(m.Topic) != nil {
+				if _, err := in.process(ctx, tx, m.Message, res); err != nil {
+					return err
+				}
+			}
+			continue
+		case m.Seq < s.nextSeq && m.late != "":
+			// Stored while the watermark was skipping its sequence number.
+			res.late = append(res.late, lateMessage{m.Message, m.late})
+			continue
 		case m.Seq < s.nextSeq:
 			res.duplicates = append(res.duplicates, m.RowID)
 			continue
@@ -113,6 +137,14 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 			s.inGap = true
 			return nil
 		case !m.ready || in.handler(m.Topic) == nil:
+			return nil
+		case m.Seq == math.MaxInt64:
+			// Stored before Store refused it: handled, it would leave the
+			// watermark nowhere to go.
+			f := failure{msg: m.Message, dead: true, err: errors.New(seqCannotBeFollowed(m.Seq))}
+			res.failed = append(res.failed, f)
+			s.parkReason = fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, f.err)
+			s.parkedMessage = m.RowID
 			return nil
 		}
 		f, err := in.process(ctx, tx, m.Message, res)
@@ -134,19 +166,15 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 
 // sweepGaps finds streams waiting on a missing sequence number that no
 // worker has looked at, stamps when the wait began, and applies GapPolicy to
-// waits older than GapTimeout. It returns how many streams it changed.
+// waits older than GapTimeout. It returns how many streams it changed. Each
+// stream's change is made in a savepoint: one that fails parks its stream,
+// saying why, and the sweep goes on with the others.
 func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin gap sweep: %w", err)
 	}
 	defer rollback(tx)
-	type gap struct {
-		source, stream string
-		nextSeq, head  int64
-		since          *time.Time
-		expired, told  bool
-	}
 	rows, err := tx.Query(ctx, in.sql.findGaps, in.cfg.GapTimeout.Seconds(), 1000)
 	if err != nil {
 		return 0, fmt.Errorf("find gaps: %w", err)
@@ -159,33 +187,33 @@ func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	}); err != nil {
 		return 0, fmt.Errorf("find gaps: %w", err)
 	}
-	b := &pgx.Batch{}
-	var skipped int
+	changed, skipped := 0, 0
 	for _, g := range gaps {
-		missing := fmt.Sprintf("sequence %d..%d", g.nextSeq, g.head-1)
+		act := in.gapAction(g)
+		if act.sql == "" {
+			continue
+		}
+		changed++
+		err := savepoint(ctx, tx, act.sql, act.args...)
+		var failed *savepointError
 		switch {
-		case g.since == nil:
-			b.Queue(in.sql.gapStarted, g.source, g.stream)
-		case !g.expired:
-		case in.cfg.GapPolicy == GapSkip:
-			note := fmt.Sprintf("skipped %s at %s after waiting since %s", missing, time.Now().UTC().Format(time.RFC3339), g.since.UTC().Format(time.RFC3339))
-			b.Queue(in.sql.gapSkip, g.source, g.stream, g.head, note)
-			in.log.warn("inbox: gap timeout: skipping missing messages", "source", g.source, "stream", g.stream, "missing", missing)
-			skipped++
-		case in.cfg.GapPolicy == GapPark:
-			reason := fmt.Sprintf("gap: %s missing since %s", missing, g.since.UTC().Format(time.RFC3339))
-			b.Queue(in.sql.park, g.source, g.stream, reason, nil)
-			in.log.warn("inbox: gap timeout: stream parked", "source", g.source, "stream", g.stream, "missing", missing)
-		case !g.told:
-			b.Queue(in.sql.gapReported, g.source, g.stream)
-			in.log.warn("inbox: stream still waiting for missing messages", "source", g.source, "stream", g.stream, "missing", missing, "since", g.since)
+		case err == nil:
+			act.log()
+			if act.skip {
+				skipped++
+			}
+		case errors.As(err, &failed):
+			reason := "gap sweep failed: " + firstLine(failed.err)
+			in.log.error("inbox: gap sweep failed on a stream; parking it", "source", g.source, "stream", g.stream, "error", failed.err)
+			if err := savepoint(ctx, tx, in.sql.parkFailed, g.source, g.stream, reason); err != nil {
+				in.log.error("inbox: cannot park the stream the gap sweep failed on", "source", g.source, "stream", g.stream, "error", err)
+			}
+		default:
+			return 0, fmt.Errorf("gap sweep of stream %q: %w", g.stream, err)
 		}
 	}
-	if b.Len() == 0 {
+	if changed == 0 {
 		return 0, nil
-	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("record gaps: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit gap sweep: %w", err)
@@ -193,5 +221,80 @@ func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	if skipped > 0 {
 		in.wake.signal()
 	}
-	return b.Len(), nil
+	return changed, nil
+}
+
+// gap is a stream found waiting on a missing sequence number.
+type gap struct {
+	source, stream string
+	nextSeq, head  int64
+	since          *time.Time
+	expired, told  bool
+}
+
+// gapStep is what the sweep does to one gap: a statement, and what to log
+// once it has succeeded.
+type gapStep struct {
+	sql  string
+	args []any
+	skip bool
+	log  func()
+}
+
+func (in *Inbox) gapAction(g gap) gapStep {
+	missing := fmt.Sprintf("sequence %d..%d", g.nextSeq, g.head-1)
+	switch {
+	case g.since == nil:
+		return gapStep{sql: in.sql.gapStarted, args: []any{g.source, g.stream}, log: func() {}}
+	case !g.expired:
+		return gapStep{}
+	case in.cfg.GapPolicy == GapSkip:
+		note := fmt.Sprintf("skipped %s at %s after waiting since %s", missing, time.Now().UTC().Format(time.RFC3339), g.since.UTC().Format(time.RFC3339))
+		return gapStep{sql: in.sql.gapSkip, args: []any{g.source, g.stream, g.nextSeq, g.head, note}, skip: true, log: func() {
+			in.log.warn("inbox: gap timeout: skipping missing messages", "source", g.source, "stream", g.stream, "missing", missing)
+		}}
+	case in.cfg.GapPolicy == GapPark:
+		reason := fmt.Sprintf("gap: %s missing since %s", missing, g.since.UTC().Format(time.RFC3339))
+		return gapStep{sql: in.sql.park, args: []any{g.source, g.stream, reason, nil}, log: func() {
+			in.log.warn("inbox: gap timeout: stream parked", "source", g.source, "stream", g.stream, "missing", missing)
+		}}
+	case !g.told:
+		return gapStep{sql: in.sql.gapReported, args: []any{g.source, g.stream}, log: func() {
+			in.log.warn("inbox: stream still waiting for missing messages", "source", g.source, "stream", g.stream, "missing", missing, "since", g.since)
+		}}
+	}
+	return gapStep{}
+}
+
+// savepointError is the failure of the statement a savepoint guarded; the
+// transaction is still usable.
+type savepointError struct{ err error }
+
+func (e *savepointError) Error() string { return e.err.Error() }
+func (e *savepointError) Unwrap() error { return e.err }
+
+// savepoint runs one statement in a savepoint, in one round trip when it
+// succeeds. Its failure is a *savepointError and leaves tx usable; any
+// other error means tx is lost.
+func savepoint(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT inbox_step")
+	b.Queue(sql, args...)
+	b.Queue("RELEASE SAVEPOINT inbox_step")
+	err := tx.SendBatch(ctx, b).Close()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT inbox_step"); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return &savepointError{err: err}
+}
+
+// seqCannotBeFollowed says why the largest sequence number is refused.
+func seqCannotBeFollowed(seq int64) string {
+	return fmt.Sprintf("sequence %d cannot be followed: it is the largest int64, and the watermark would have to move past it", seq)
 }

@@ -133,14 +133,20 @@ func TestGapPolicies(t *testing.T) {
 			switch policy {
 			case inbox.GapWait:
 				time.Sleep(time.Second)
-				s, _ := in.ListStreams(b.ctx, inbox.StreamFilter{Gap: true})
+				s, err := in.ListStreams(b.ctx, inbox.StreamFilter{Gap: true})
+				if err != nil {
+					t.Fatal(err)
+				}
 				if len(s) != 1 || s[0].NextSeq != 2 || s[0].ParkedAt != nil {
 					t.Fatalf("waiting stream = %+v", s)
 				}
 				b.checkOrder(map[string]int64{"a": 1})
 			case inbox.GapSkip:
 				b.waitState("done", 2, 10*time.Second)
-				s, _ := in.ListStreams(b.ctx, inbox.StreamFilter{All: true})
+				s, err := in.ListStreams(b.ctx, inbox.StreamFilter{All: true})
+				if err != nil {
+					t.Fatal(err)
+				}
 				if len(s) != 1 || s[0].Skipped != 1 || !strings.Contains(s[0].LastSkip, "sequence 2..2") {
 					t.Fatalf("skipped stream = %+v", s)
 				}

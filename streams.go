@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -103,12 +104,16 @@ func (in *Inbox) RetryStream(ctx context.Context, source, stream string) error {
 // at its watermark (the one that parked it, or a failing one) is marked
 // dead as skipped; if the watermark's message is missing (a gap), the
 // stream jumps to its lowest pending sequence number. The skip is recorded
-// on the stream.
+// on the stream, and the skipped range in inbox_skips: a message arriving
+// later for it is kept as dead instead of being taken for a duplicate.
 func (in *Inbox) SkipStream(ctx context.Context, source, stream string) error {
 	if source == "" {
 		source = in.cfg.Source // the closure below uses it too, not only onStream
 	}
 	return in.onStream(ctx, source, stream, func(tx pgx.Tx, nextSeq int64, _ *int64) error {
+		if nextSeq == math.MaxInt64 {
+			return errors.New(seqCannotBeFollowed(nextSeq))
+		}
 		var head *int64
 		if err := tx.QueryRow(ctx, `SELECT min(seq) FROM `+in.table("inbox_messages")+`
 			WHERE source = $1 AND stream = $2 AND state = 'pending' AND stream IS NOT NULL AND seq >= $3`,
@@ -130,11 +135,7 @@ func (in *Inbox) SkipStream(ctx context.Context, source, stream string) error {
 			next = *head
 			note = fmt.Sprintf("skipped missing sequence %d..%d by operator at %s", nextSeq, next-1, time.Now().UTC().Format(time.RFC3339))
 		}
-		_, err = tx.Exec(ctx, `UPDATE `+in.table("inbox_streams")+`
-			SET next_seq = $3, skipped = skipped + ($3 - next_seq), last_skip = $4,
-			    parked_at = NULL, parked_reason = NULL, parked_message_id = NULL,
-			    gap_since = NULL, gap_reported = false, updated_at = now()
-			WHERE source = $1 AND stream = $2`, source, stream, next, note)
+		_, err = tx.Exec(ctx, in.sql.skipStream, source, stream, nextSeq, next, note)
 		return err
 	})
 }

@@ -291,9 +291,10 @@ func (t *telemetry) endStore(ctx context.Context, span trace.Span, msgs []Messag
 	if len(msgs) == 1 {
 		t.add(ctx, t.stored, msgs[0].Topic, int64(res.Stored))
 		t.add(ctx, t.duplicates, msgs[0].Topic, int64(res.Duplicates))
+		t.add(ctx, t.dead, msgs[0].Topic, int64(res.Dead))
 		return
 	}
-	type counts struct{ stored, dups int64 }
+	type counts struct{ stored, dups, dead int64 }
 	byTopic := map[string]*counts{}
 	for i := range msgs {
 		c := byTopic[msgs[i].Topic]
@@ -306,10 +307,14 @@ func (t *telemetry) endStore(ctx context.Context, span trace.Span, msgs []Messag
 		} else {
 			c.dups++
 		}
+		if i < len(res.Late) && res.Late[i] {
+			c.dead++ // stored dead: arrived after its sequence was skipped
+		}
 	}
 	for topic, c := range byTopic {
 		t.add(ctx, t.stored, topic, c.stored)
 		t.add(ctx, t.duplicates, topic, c.dups)
+		t.add(ctx, t.dead, topic, c.dead)
 	}
 }
 
@@ -382,6 +387,9 @@ func (t *telemetry) committed(res *results, dbNow, claimed time.Time) {
 		} else {
 			t.add(ctx, t.retried, f.msg.Topic, 1)
 		}
+	}
+	for _, l := range res.late {
+		t.add(ctx, t.dead, l.msg.Topic, 1)
 	}
 }
 

@@ -74,7 +74,15 @@ type results struct {
 	done       []*Message
 	duplicates []int64
 	failed     []failure
+	late       []lateMessage
 	streams    []*streamWork
+}
+
+// lateMessage arrived for a sequence number its stream had skipped: it
+// goes dead, with reason, without a handler run.
+type lateMessage struct {
+	msg    *Message
+	reason string
 }
 
 type failure struct {
@@ -273,6 +281,13 @@ func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
 	if len(res.duplicates) > 0 {
 		b.Queue(in.sql.markDuplicate, res.duplicates)
 	}
+	if len(res.late) > 0 {
+		ids, reasons := make([]int64, len(res.late)), make([]string, len(res.late))
+		for i, l := range res.late {
+			ids[i], reasons[i] = l.msg.RowID, l.reason
+		}
+		b.Queue(in.sql.markLate, ids, reasons)
+	}
 	for _, f := range res.failed {
 		state := "pending"
 		if f.dead {
@@ -329,6 +344,9 @@ func (in *Inbox) report(res *results) {
 		} else {
 			in.log.debug("inbox: handler failed; will retry", "row_id", f.msg.RowID, "message_id", f.msg.ID, "topic", f.msg.Topic, "attempt", f.msg.Attempt, "retry_in", f.delay, "error", firstLine(f.err))
 		}
+	}
+	for _, l := range res.late {
+		in.log.warn("inbox: message is dead", "row_id", l.msg.RowID, "message_id", l.msg.ID, "topic", l.msg.Topic, "error", l.reason)
 	}
 	for _, s := range res.streams {
 		if s.parkReason != "" {

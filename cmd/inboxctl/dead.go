@@ -116,13 +116,14 @@ type messageJSON struct {
 	ReceivedAt  time.Time         `json:"received_at"`
 	RunAt       time.Time         `json:"run_at"`
 	ProcessedAt *time.Time        `json:"processed_at,omitempty"`
+	OutOfOrder  bool              `json:"out_of_order,omitempty"`
 }
 
 func toMessageJSON(m inbox.MessageInfo) messageJSON {
 	out := messageJSON{
 		ID: m.RowID, Source: m.Source, MessageID: m.ID, Topic: m.Topic, Stream: m.Stream, Seq: m.Seq,
 		State: m.State, Attempts: m.Attempts, LastError: m.LastError, Headers: m.Headers, BodyBytes: m.BodyBytes,
-		ReceivedAt: m.ReceivedAt.UTC(), RunAt: m.RunAt.UTC(), ProcessedAt: m.ProcessedAt,
+		ReceivedAt: m.ReceivedAt.UTC(), RunAt: m.RunAt.UTC(), ProcessedAt: m.ProcessedAt, OutOfOrder: m.OutOfOrder,
 	}
 	if out.Headers == nil {
 		out.Headers = map[string]string{}
@@ -227,6 +228,9 @@ func (a *app) deadShow(ctx context.Context, args []string) error {
 	if m.Stream != "" {
 		fmt.Fprintf(w, "stream:       %s (seq %d)\n", printable(m.Stream), m.Seq)
 	}
+	if m.OutOfOrder {
+		fmt.Fprintf(w, "out of order: requeued by an operator to run below its stream's watermark\n")
+	}
 	fmt.Fprintf(w, "attempts:     %d\n", m.Attempts)
 	fmt.Fprintf(w, "received at:  %s\n", timestamp(m.ReceivedAt))
 	if m.State == "pending" {
@@ -275,6 +279,7 @@ func (a *app) deadChange(ctx context.Context, verb string, args []string) error 
 	ff.register(fs, "change at most N messages (default: all that match)")
 	all := fs.Bool("all", false, "every dead message (no filter)")
 	yes := fs.Bool("yes", false, "delete: confirm a bulk delete (by filter or --all)")
+	outOfOrder := fs.Bool("out-of-order", false, "retry: also requeue messages below their stream's watermark, to run out of order")
 	batch := fs.Int("batch", bulkBatch, "messages changed per transaction")
 	rest, err := parse(fs, args)
 	if err != nil {
@@ -287,12 +292,28 @@ func (a *app) deadChange(ctx context.Context, verb string, args []string) error 
 	if err != nil {
 		return err
 	}
+	if *outOfOrder && verb != "retry" {
+		return usagef("--out-of-order applies to dead retry only")
+	}
 	past := map[string]string{"retry": "retried", "delete": "deleted"}[verb]
+	var opts []inbox.RetryOption
+	if *outOfOrder {
+		opts = append(opts, inbox.OutOfOrder())
+	}
+	// Messages a retry refused (below their stream's watermark) stay dead;
+	// the others are requeued, and the run goes on.
+	var refused []inbox.BelowWatermark
 	op := func(ctx context.Context, f inbox.MessageFilter) (int, error) {
 		if verb == "delete" {
 			return a.inbox.DeleteDead(ctx, f)
 		}
-		return a.inbox.RetryDead(ctx, f)
+		n, err := a.inbox.RetryDead(ctx, f, opts...)
+		var below *inbox.BelowWatermarkError
+		if errors.As(err, &below) {
+			refused = append(refused, below.Messages...)
+			return n, nil
+		}
+		return n, err
 	}
 	if len(rest) > 0 {
 		if ff.any() || *all || ff.limit != 0 {
@@ -305,7 +326,10 @@ func (a *app) deadChange(ctx context.Context, verb string, args []string) error 
 		if err := a.connect(ctx, true); err != nil {
 			return err
 		}
-		return a.changeByID(ctx, verb, past, ids, op)
+		if err := a.changeByID(ctx, verb, past, ids, func() int { return len(ids) - len(refused) }, op); err != nil {
+			return err
+		}
+		return refusedRetries(refused)
 	}
 	if !ff.any() && !*all {
 		return usagef("dead %s needs message IDs, a filter (--topic, --error, --since, --until, --after) or --all", verb)
@@ -334,10 +358,35 @@ func (a *app) deadChange(ctx context.Context, verb string, args []string) error 
 	if err != nil {
 		return err
 	}
-	return a.reportChange(past, total)
+	if err := a.reportChange(past, total); err != nil {
+		return err
+	}
+	return refusedRetries(refused)
 }
 
-func (a *app) changeByID(ctx context.Context, verb, past string, ids []int64, op func(context.Context, inbox.MessageFilter) (int, error)) error {
+// refusedRetries explains the dead messages a retry left dead because
+// their streams have moved past them.
+func refusedRetries(refused []inbox.BelowWatermark) error {
+	if len(refused) == 0 {
+		return nil
+	}
+	const shown = 20
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d dead messages were not retried: their streams have moved past them, so they would be taken for duplicates and never run:", len(refused))
+	for i, m := range refused {
+		if i == shown {
+			fmt.Fprintf(&sb, "\n  and %d more", len(refused)-shown)
+			break
+		}
+		fmt.Fprintf(&sb, "\n  ID %d: stream %s seq %d, watermark %d", m.RowID, printable(m.Stream), m.Seq, m.Watermark)
+	}
+	sb.WriteString("\nto run them anyway, after their successors, add --out-of-order")
+	return errors.New(sb.String())
+}
+
+// changeByID applies op to the dead messages ids. want is how many of them
+// it should change; fewer means some were not dead or do not exist.
+func (a *app) changeByID(ctx context.Context, verb, past string, ids []int64, want func() int, op func(context.Context, inbox.MessageFilter) (int, error)) error {
 	var n int
 	err := a.withTimeout(ctx, func(ctx context.Context) error {
 		var err error
@@ -350,8 +399,8 @@ func (a *app) changeByID(ctx context.Context, verb, past string, ids []int64, op
 	if err := a.reportChange(past, n); err != nil {
 		return err
 	}
-	if n < len(ids) {
-		return fmt.Errorf("%d of the %d messages given were not %s: they are not dead, or do not exist (see 'inboxctl dead show ID')", len(ids)-n, len(ids), past)
+	if n < want() {
+		return fmt.Errorf("%d of the %d messages given were not %s: they are not dead, or do not exist (see 'inboxctl dead show ID')", want()-n, len(ids), past)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@
 //	dead list                     list dead messages (filters below)
 //	dead show ID                  one message: headers, error, attempts
 //	dead retry ID...|--all|FILTER put dead messages back to pending
+//	                              (--out-of-order: also below the watermark)
 //	dead delete ID...|FILTER --yes  delete dead messages
 //	streams list [--parked|--gap|--all]
 //	streams retry SOURCE STREAM   unpark a stream, requeueing its dead message
@@ -70,8 +71,10 @@ Commands:
   stats                           per-topic counts, rates and ages; streams summary
   dead list [filters]             list dead messages, oldest first
   dead show ID                    one message with its headers, last error and attempts
-  dead retry ID... | --all | [filters]
-                                  put dead messages back to pending, attempts reset
+  dead retry ID... | --all | [filters] [--out-of-order]
+                                  put dead messages back to pending, attempts reset; one
+                                  below its stream's watermark is refused unless
+                                  --out-of-order (it then runs after its successors)
   dead delete ID... | --all --yes | [filters] --yes
                                   delete dead messages (bulk deletes need --yes)
   streams list [--parked|--gap|--all] [--source S]

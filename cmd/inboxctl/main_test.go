@@ -269,7 +269,8 @@ func TestMigrate(t *testing.T) {
 	if len(status) < 2 || !status[0].Applied || !status[1].Applied || status[1].At == "" {
 		t.Fatalf("status after up = %+v", status)
 	}
-	ctl(t, schema, "migrate", "down").want(t, 0, "reverted migration 2", "version 1")
+	// Down to 1 whatever the latest version is.
+	ctl(t, schema, "migrate", "down", "--to", "1").want(t, 0, "reverted migration 2", "version 1")
 	ctl(t, schema, "migrate", "down").want(t, 2, "drops the inbox tables", "--yes")
 	ctl(t, schema, "migrate", "down", "--to", "5").want(t, 2, "not below the current version")
 	ctl(t, schema, "migrate", "down", "--yes").want(t, 0, "reverted migration 1")
@@ -456,4 +457,50 @@ func TestStatsOutput(t *testing.T) {
 	if f := strings.Fields(lines[1]); len(f) < 9 || f[0] != "a" || f[1] != "0" || f[5] != "2" || f[8] != "2" {
 		t.Errorf("row of topic a = %q", lines[1])
 	}
+}
+
+// A dead message below its stream's watermark is not requeued for nothing:
+// refused by default, run after its successors with --out-of-order.
+func TestDeadRetryBelowWatermark(t *testing.T) {
+	e := newEnv(t)
+	in := e.inbox(inbox.Config{})
+	var poisoned, ran atomic.Int32
+	in.Handle("order", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+		if m.Seq == 2 {
+			if poisoned.Add(1) == 1 {
+				return inbox.Permanent(errors.New("order o1 is not known"))
+			}
+			ran.Add(1)
+		}
+		return nil
+	})
+	if _, err := in.Store(e.ctx,
+		inbox.Message{ID: "o1-1", Topic: "order", Stream: "o1", Seq: 1},
+		inbox.Message{ID: "o1-2", Topic: "order", Stream: "o1", Seq: 2},
+		inbox.Message{ID: "o1-3", Topic: "order", Stream: "o1", Seq: 3},
+		inbox.Message{ID: "other", Topic: "order"}); err != nil {
+		t.Fatal(err)
+	}
+	e.start(in)
+	e.waitFor("o1-2 dead", func() bool { return e.count(`state = 'dead'`) == 1 })
+	ctl(t, e.schema, "streams", "skip", inbox.DefaultSource, "o1").want(t, 0, "resumes at sequence 3")
+	e.waitFor("o1-3 and other done", func() bool { return e.count(`state = 'done'`) == 3 })
+
+	id := strconv.FormatInt(e.rowID("o1-2"), 10)
+	ctl(t, e.schema, "dead", "retry", id).want(t, 1, "retried 0 dead messages", "ID "+id+": stream o1 seq 2, watermark 4", "--out-of-order")
+	ctl(t, e.schema, "dead", "retry", "--all").want(t, 1, "1 dead messages were not retried")
+	if n := e.count(`message_id = 'o1-2' AND state = 'dead'`); n != 1 {
+		t.Fatal("a refused retry changed o1-2")
+	}
+	ctl(t, e.schema, "dead", "retry", id, "--out-of-order").want(t, 0, "retried 1 dead messages")
+	e.waitFor("o1-2 done out of order", func() bool { return e.count(`message_id = 'o1-2' AND state = 'done' AND out_of_order`) == 1 })
+	if ran.Load() != 1 {
+		t.Fatalf("o1-2's handler ran %d times after the out-of-order retry, want 1", ran.Load())
+	}
+	var shown messageJSON
+	ctl(t, e.schema, "dead", "show", id, "--json").json(t, &shown)
+	if !shown.OutOfOrder || shown.State != "done" {
+		t.Fatalf("dead show --json after the out-of-order run = %+v", shown)
+	}
+	ctl(t, e.schema, "dead", "delete", id, "--out-of-order").want(t, 2, "--out-of-order applies to dead retry only")
 }
