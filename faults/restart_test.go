@@ -83,7 +83,7 @@ func TestRestartRabbitMQ(t *testing.T) {
 		t.Fatalf("consumer exited\n%s", p.tail())
 	}
 	e.check("amqp-restart", l, expectation{})
-	t.Logf("publisher: %d messages published again after the broker restarts (first cause: %v)", pub.republished, pub.retryCause)
+	t.Logf("publisher: %d messages published again for want of a confirm (first cause: %v)", pub.republished, pub.retryCause)
 }
 
 // restarter holds the commands that restart the services the URLs point to.
@@ -131,12 +131,13 @@ func restartCommand(t *testing.T, name, def, rawURL string) string {
 	return def
 }
 
-// run runs a restart command through the shell.
-func (r *restarter) run(command string) {
+// run runs a restart command, set by the environment variable name,
+// through the shell.
+func (r *restarter) run(name, command string) {
 	r.t.Helper()
 	out, err := exec.Command("sh", "-c", command).CombinedOutput()
 	if err != nil {
-		r.t.Fatalf("%s: %v\n%s", command, err, out)
+		r.t.Fatalf("%s: %v (set %s to the command that restarts this service)\n%s", command, err, name, out)
 	}
 	r.t.Logf("ran %s", command)
 }
@@ -160,7 +161,7 @@ func (r *restarter) restartPostgres(e *env) {
 	if err != nil {
 		r.t.Fatalf("PostgreSQL start time: %v", err)
 	}
-	r.run(r.postgres)
+	r.run("FAULTS_POSTGRES_RESTART", r.postgres)
 	// The pool's connections died with the server.
 	e.pool.Reset()
 	deadline := time.Now().Add(serviceTimeout)
@@ -199,7 +200,7 @@ func (r *restarter) restartRabbitMQ(e *env) {
 	}
 	defer witness.Close()
 	closed := witness.NotifyClose(make(chan *amqp091.Error, 1))
-	r.run(r.rabbitmq)
+	r.run("FAULTS_RABBITMQ_RESTART", r.rabbitmq)
 	select {
 	case <-closed:
 	case <-time.After(serviceTimeout):
@@ -254,15 +255,17 @@ func (e *env) publishRetrying(pub *publishing, entries []entry, chunk int, pause
 	deadline := time.Now().Add(3 * time.Minute)
 	for start := 0; start < len(entries); start += chunk {
 		todo := entries[start:min(start+chunk, len(entries))]
-		for {
-			left, err := p.publish(e, todo)
+		for retry := false; ; retry = true {
+			left, sent, err := p.publish(e, todo)
+			if retry {
+				pub.republished += sent
+			}
 			if len(left) == 0 {
 				break
 			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%d messages still unconfirmed after 3m: %w", len(left), err)
 			}
-			pub.republished += len(left)
 			if pub.retryCause == nil {
 				pub.retryCause = err
 			}
@@ -283,17 +286,17 @@ type confirmedPublisher struct {
 }
 
 // publish sends entries and waits for their confirms; it returns those not
-// confirmed, with the error that left them so.
-func (p *confirmedPublisher) publish(e *env, entries []entry) ([]entry, error) {
+// confirmed, with the error that left them so, and how many it handed to
+// the broker.
+func (p *confirmedPublisher) publish(e *env, entries []entry) (left []entry, sent int, failed error) {
 	if p.conn == nil {
 		if err := p.open(e); err != nil {
-			return entries, err
+			return entries, 0, err
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	confs := make([]*amqp091.DeferredConfirmation, 0, len(entries))
-	var failed error
 	for _, en := range entries {
 		c, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, "", e.queue, true, false, ledgerPublishing(en))
 		if err != nil {
@@ -302,7 +305,6 @@ func (p *confirmedPublisher) publish(e *env, entries []entry) ([]entry, error) {
 		}
 		confs = append(confs, c)
 	}
-	var left []entry
 	for i, en := range entries {
 		if i >= len(confs) {
 			left = append(left, en)
@@ -323,7 +325,7 @@ func (p *confirmedPublisher) publish(e *env, entries []entry) ([]entry, error) {
 		e.confirm[en.id] = true
 		e.mu.Unlock()
 	}
-	return left, failed
+	return left, len(confs), failed
 }
 
 func (p *confirmedPublisher) open(e *env) error {
