@@ -35,8 +35,8 @@ const (
 const serviceTimeout = 90 * time.Second
 
 // restartAt are the numbers of applied messages after which a case
-// restarts its service: while the ledger is still being published and
-// handled.
+// restarts its service: a point in the run reached by progress, not by a
+// clock, with most of the ledger still to handle.
 var restartAt = []int{300, 1000}
 
 // TestRestartPostgres restarts PostgreSQL in immediate mode twice under the
