@@ -10,14 +10,28 @@ GO ?= go
 export INBOX_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
 export INBOX_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 MODULES := . $(wildcard inboxtest bench)
+# Only test-restarts may restart the services: never while other tests run.
+unexport FAULTS_RESTARTS
 
-.PHONY: test vet build
+.PHONY: test test-parallel test-restarts vet build
 
-test: vet
+# The whole suite: the tests, packages in parallel, then the fault suite's
+# server restarts alone.
+test: test-parallel
+	@$(MAKE) --no-print-directory test-restarts
+
+test-parallel: vet
 	@for m in $(MODULES); do \
 		echo "== go test $$m"; \
 		(cd $$m && $(GO) test -race -count=1 -timeout 8m ./...) || exit 1; \
 	done
+
+# The fault suite's cases that restart PostgreSQL and RabbitMQ (see
+# docs/faults.md). Whatever they end with, both services are left up.
+test-restarts:
+	@echo "== go test ./faults/ (server restarts, serial)"
+	@cd faults && FAULTS_RESTARTS=1 $(GO) test -race -count=1 -timeout 8m -run '^TestRestart' . ; \
+		status=$$?; ../.ci/services-up || status=1; exit $$status
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -397,6 +397,10 @@ func (e *env) fault() {
 type publishing struct {
 	done chan struct{}
 	err  error
+	// republished counts messages sent again for want of a confirm, and
+	// retryCause is the first reason (publishThroughRestarts only).
+	republished int
+	retryCause  error
 }
 
 // publish sends the ledger's sends in chunks of chunk messages, waiting for
