@@ -101,8 +101,9 @@ type Config struct {
 	// TopicFromTypeOrRoutingKey.
 	TopicFrom TopicFrom
 	// StreamHeader names the header that carries the ordering key (a string,
-	// or an integer written in decimal). Without it a message is unordered.
-	// Defaults to DefaultStreamHeader.
+	// or an integer written in decimal). Without it, or with it empty, a
+	// message is unordered; empty (or void) together with the sequence header
+	// is rejected (ReasonBadStream). Defaults to DefaultStreamHeader.
 	StreamHeader string
 	// SequenceHeader names the header that carries the position within the
 	// stream: any AMQP integer type, an integral float or decimal, or a

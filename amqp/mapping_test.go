@@ -239,6 +239,9 @@ func TestMapperRejections(t *testing.T) {
 		{"missing sequence", amqp091.Table{"x-stream-key": "s"}, inbox.ReasonBadSequence},
 		{"bool stream", amqp091.Table{"x-stream-key": false, "x-sequence": 1}, ReasonBadStream},
 		{"fraction stream", amqp091.Table{"x-stream-key": 1.5, "x-sequence": 1}, ReasonBadStream},
+		{"empty stream with a sequence", amqp091.Table{"x-stream-key": "", "x-sequence": 4}, ReasonBadStream},
+		{"empty byte stream with a sequence", amqp091.Table{"x-stream-key": []byte{}, "x-sequence": "garbage"}, ReasonBadStream},
+		{"void stream with a sequence", amqp091.Table{"x-stream-key": nil, "x-sequence": 4}, ReasonBadStream},
 		{"big headers", amqp091.Table{"h": strings.Repeat("v", 1001)}, ReasonHeadersTooLarge},
 	}
 	for _, c := range cases {
@@ -248,10 +251,10 @@ func TestMapperRejections(t *testing.T) {
 		}
 	}
 	// Unordered messages: no stream, so a sequence is ignored, and an empty
-	// or void stream key means none.
+	// or void stream key without a sequence means none.
 	for _, h := range []amqp091.Table{
 		{"x-sequence": "garbage"},
-		{"x-stream-key": "", "x-sequence": "garbage"},
+		{"x-stream-key": ""},
 		{"x-stream-key": nil},
 	} {
 		msg, rej := m.message(&amqp091.Delivery{MessageId: "id", Type: "t", Headers: h})
