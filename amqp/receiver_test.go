@@ -1,6 +1,7 @@
 package amqp_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -241,6 +242,7 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 	in := e.newInbox(inbox.Config{MaxBodyBytes: 1024, StrictTopics: true})
 	cfg := e.receiverConfig()
 	cfg.MaxHeaderBytes = 2048
+	cfg.Topology = &amqp.Topology{} // as declared: its dead-letter exchange takes the copies
 	r := e.run(in, cfg)
 
 	secret := []byte("SECRET-BODY " + strings.Repeat("x", 2000))
@@ -270,8 +272,12 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 	e.publish(pubs...)
 
 	e.assertOnceEach(len(good))
-	// The dead-letter queue gets every bad message, marked rejected by this
-	// queue.
+	// The dead-letter queue gets every bad message whole, with why and
+	// from where in its headers.
+	reasons := map[string]string{}
+	for _, b := range bad {
+		reasons[b.name] = b.reason
+	}
 	dead := map[string]bool{}
 	e.waitFor("bad messages in the dead-letter queue", 10*time.Second, func() bool {
 		for {
@@ -283,13 +289,14 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 				return len(dead) == len(bad)
 			}
 			name, _ := d.Headers["test-case"].(string)
-			deaths, _ := d.Headers["x-death"].([]any)
-			if len(deaths) != 1 {
-				t.Fatalf("%s: x-death %v", name, d.Headers["x-death"])
+			if got := d.Headers[amqp.HeaderRejectReason]; got != reasons[name] || reasons[name] == "" {
+				t.Fatalf("%s: %s %v, want %q", name, amqp.HeaderRejectReason, got, reasons[name])
 			}
-			death := deaths[0].(amqp091.Table)
-			if death["reason"] != "rejected" || death["queue"] != e.queue {
-				t.Fatalf("%s: x-death %v; want reason rejected from queue %s", name, death, e.queue)
+			if d.Headers[amqp.HeaderRejectQueue] != e.queue || d.Headers[amqp.HeaderRejectRoutingKey] != e.queue {
+				t.Fatalf("%s: headers %v; want the queue and routing key it was rejected from", name, d.Headers)
+			}
+			if name == "oversize" && (!bytes.Equal(d.Body, secret) || d.Headers[amqp.HeaderRejectDetail] != "2012 bytes, limit 1024") {
+				t.Fatalf("oversize: body of %d bytes, detail %v; want the body whole and the size in the detail", len(d.Body), d.Headers[amqp.HeaderRejectDetail])
 			}
 			dead[name] = true
 		}
@@ -320,6 +327,47 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 	}
 	if strings.Contains(logs, "guest:guest@") {
 		t.Error("the broker password reached the logs")
+	}
+}
+
+// TestRejectFallsBackToTheBroker: when the copy cannot be published (here
+// the dead-letter exchange named in the Config does not exist), the
+// delivery is rejected and the broker dead-letters it, x-death and all.
+func TestRejectFallsBackToTheBroker(t *testing.T) {
+	e := setup(t)
+	in := e.newInbox(inbox.Config{})
+	cfg := e.receiverConfig()
+	cfg.DeadLetterExchange = e.queue + ".missing"
+	r := e.run(in, cfg)
+	e.publish(amqp091.Publishing{Body: []byte("no id")}, amqp091.Publishing{Body: []byte("no id either")})
+	e.publish(orders("good", 3)...)
+	e.assertOnceEach(3)
+
+	var got int
+	e.waitFor("the bad messages in the dead-letter queue", 10*time.Second, func() bool {
+		for {
+			d, ok, err := e.pub.Get(e.dlq, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				return got == 2
+			}
+			deaths, _ := d.Headers["x-death"].([]any)
+			if len(deaths) != 1 || deaths[0].(amqp091.Table)["reason"] != "rejected" {
+				t.Fatalf("x-death %v; want one, reason rejected", d.Headers["x-death"])
+			}
+			got++
+		}
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Stats(); s.Rejected[inbox.ReasonMissingID] != 2 {
+		t.Fatalf("stats %+v: want 2 rejected without an ID", s)
+	}
+	if !strings.Contains(e.logs.String(), "could not publish the dead-letter copy") {
+		t.Fatal("no log of the failed copy")
 	}
 }
 
