@@ -393,6 +393,26 @@ func (s *session) closedBy() error {
 	}
 }
 
+// whyClosed returns, for err from a call that found the channel closed, the
+// reason the connection or channel closed, which amqp091-go reports just
+// after it marks them closed. The session's end is then logged, and
+// classified (an undecodable delivery, say), by its cause.
+func (s *session) whyClosed(err error) error {
+	if !errors.Is(err, amqp091.ErrClosed) {
+		return err
+	}
+	timer := time.NewTimer(s.r.cfg.OpenTimeout)
+	defer timer.Stop()
+	select {
+	case e := <-s.connClosed:
+		return lost("connection", e)
+	case e := <-s.chClosed:
+		return lost("channel", e)
+	case <-timer.C:
+		return err
+	}
+}
+
 // lost says why the session's channel went away; e is nil after a clean
 // close.
 func lost(what string, e *amqp091.Error) error {
@@ -557,15 +577,18 @@ func (s *session) ack(res inbox.StoreResult) error {
 	s.r.stats.duplicates.Add(uint64(res.Duplicates))
 	if err := s.ch.Ack(last, true); err != nil {
 		// The rows are committed, so the redelivery is a duplicate.
-		return fmt.Errorf("ack %d stored deliveries: %w", n, err)
+		return fmt.Errorf("ack %d stored deliveries: %w", n, s.whyClosed(err))
 	}
 	s.acked = true
 	s.r.stats.acked.Add(uint64(n))
 	s.r.log.Debug("stored and acked batch", "deliveries", n, "new", res.Stored, "duplicates", res.Duplicates, "session", s.gen)
 	if s.careful {
 		s.careful = false
-		if err := s.ch.Qos(s.r.cfg.Prefetch, 0, false); err != nil {
-			return fmt.Errorf("restore prefetch %d: %w", s.r.cfg.Prefetch, err)
+		err := s.link.bounded(context.Background(), s.r.cfg.OpenTimeout, "restore the prefetch", func() error {
+			return s.ch.Qos(s.r.cfg.Prefetch, 0, false)
+		})
+		if err != nil {
+			return s.whyClosed(err)
 		}
 		s.r.log.Info("the delivery after the undecodable one was stored; back to the full prefetch", "session", s.gen)
 	}
