@@ -115,7 +115,10 @@ type Config struct {
 	// DefaultMaxBodyBytes.
 	MaxBodyBytes int
 	// StrictTopics makes Store reject messages whose topic has no handler
-	// registered on this Inbox.
+	// registered on this Inbox. Without it such messages are stored and wait
+	// for an Inbox that handles their topic, forever if none does; an Inbox
+	// with handlers warns once per such topic, and Stats.UnhandledPending
+	// counts them.
 	StrictTopics bool
 
 	// Retention is how long processed messages keep their dedup key.

@@ -26,6 +26,7 @@ func (in *Inbox) Store(ctx context.Context, msgs ...Message) (StoreResult, error
 	in.tel.endStore(ctx, span, msgs, res, err)
 	if err == nil && res.Stored > 0 {
 		in.wake.signal()
+		in.warnUnhandled(msgs, res)
 	}
 	return res, err
 }
@@ -40,6 +41,7 @@ func (in *Inbox) StoreTx(ctx context.Context, tx pgx.Tx, msgs ...Message) (Store
 		// Early is harmless: a worker that finds nothing yet goes back to
 		// waiting, and the NOTIFY sent at commit wakes it again.
 		in.wake.signal()
+		in.warnUnhandled(msgs, res)
 	}
 	return res, err
 }

@@ -58,8 +58,10 @@
 //	}
 //	defer in.Stop(context.Background())
 //
-// The runnable examples below, and the programs in the repository's
-// examples directory, show whole services.
+// Messages of a topic without a handler are kept for another instance
+// unless [Config.StrictTopics] is set (see Handlers). The runnable examples
+// below, and the programs in the repository's examples directory, show
+// whole services.
 //
 // # Handlers
 //
@@ -84,6 +86,12 @@
 // after [Config.HandlerTimeout] or when [Inbox.Stop] gives up waiting.
 // [Middleware], set in [Config.Middleware] or per topic, wraps handlers for
 // logging, metrics or tracing.
+//
+// A message whose topic has no handler in this Inbox is stored and waits,
+// pending, for an Inbox that handles it (instances with different handlers
+// may share one inbox). If none ever does, it waits forever: the Inbox warns
+// once per such topic and counts them in [Stats].UnhandledPending. Set
+// [Config.StrictTopics] to reject them at [Inbox.Store] instead.
 //
 // # Ordering
 //

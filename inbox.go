@@ -28,6 +28,8 @@ type Inbox struct {
 	mu       sync.RWMutex
 	handlers map[string]Handler
 
+	unhandled unhandledTopics
+
 	lifecycle sync.Mutex
 	running   *run
 	hooks     testHooks

@@ -34,12 +34,21 @@ type Stats struct {
 	Topics []TopicStats
 	// Streams summarises the ordered streams.
 	Streams StreamStats
+	// UnhandledPending counts the pending messages of the topics this Inbox
+	// has no handler for (see TopicStats.Handled): they wait for an Inbox
+	// that handles them, on this or another process. When no process
+	// handles their topic they wait forever; Config.StrictTopics rejects
+	// them at Store instead.
+	UnhandledPending int64
 }
 
 // TopicStats is what Stats knows of one topic. Counts stop at
 // StatsCountLimit.
 type TopicStats struct {
 	Topic string
+	// Handled reports whether the Inbox that took the snapshot has a
+	// handler for the topic.
+	Handled bool
 	// Ready counts pending messages that are due (their run_at has passed),
 	// Running included. An ordered one may still wait for its predecessor.
 	Ready int64
@@ -145,6 +154,10 @@ func (in *Inbox) Stats(ctx context.Context) (Stats, error) {
 	byTopic := map[string]int{}
 	_, err = pgx.ForEachRow(rows, []any{&t.Topic, &t.Ready, &t.Scheduled, &oldest, &t.Done, &t.Dead, &t.ProcessedLastMinute}, func() error {
 		t.OldestPending = seconds(oldest)
+		t.Handled = in.handler(t.Topic) != nil
+		if !t.Handled {
+			st.UnhandledPending += t.Pending()
+		}
 		byTopic[t.Topic] = len(st.Topics)
 		st.Topics = append(st.Topics, t)
 		return nil

@@ -58,6 +58,11 @@ const (
 	// MetricBacklog is the observable gauge of pending messages per topic
 	// (due now or scheduled for a retry), counted up to StatsCountLimit.
 	MetricBacklog = "inbox.backlog"
+	// MetricUnhandledBacklog is the observable gauge of pending messages per
+	// topic that this Inbox has no handler for (see Stats.UnhandledPending);
+	// topics it handles are not reported. Above zero for long, it means
+	// messages no process will handle (see Config.StrictTopics).
+	MetricUnhandledBacklog = "inbox.backlog.unhandled"
 	// MetricOldestPendingAge is the observable gauge of the age, in seconds,
 	// of each topic's oldest pending message.
 	MetricOldestPendingAge = "inbox.oldest_pending.age"
@@ -125,7 +130,7 @@ type telemetry struct {
 
 	stored, duplicates, processed, retried, dead metric.Int64Counter
 	handlerDuration, latency                     metric.Float64Histogram
-	backlog, parked, gap                         metric.Int64ObservableGauge
+	backlog, unhandled, parked, gap              metric.Int64ObservableGauge
 	oldestAge, maxLag                            metric.Float64ObservableGauge
 	schemaAttrs                                  attribute.Set
 
@@ -175,6 +180,9 @@ func newTelemetry(cfg Config, log logger) *telemetry {
 	errs = append(errs, err)
 	t.backlog, err = t.meter.Int64ObservableGauge(MetricBacklog,
 		metric.WithDescription("Pending messages per topic (due now or scheduled for a retry)."), metric.WithUnit("{message}"))
+	errs = append(errs, err)
+	t.unhandled, err = t.meter.Int64ObservableGauge(MetricUnhandledBacklog,
+		metric.WithDescription("Pending messages per topic that this inbox has no handler for."), metric.WithUnit("{message}"))
 	errs = append(errs, err)
 	t.oldestAge, err = t.meter.Float64ObservableGauge(MetricOldestPendingAge,
 		metric.WithDescription("Age of the oldest pending message per topic."), metric.WithUnit("s"))
@@ -412,13 +420,16 @@ func (t *telemetry) observeBacklog(in *Inbox) (func(), error) {
 			attrs := metric.WithAttributeSet(t.topicAttrs(p.Topic))
 			o.ObserveInt64(t.backlog, p.Pending(), attrs)
 			o.ObserveFloat64(t.oldestAge, p.OldestPending.Seconds(), attrs)
+			if in.handler(p.Topic) == nil {
+				o.ObserveInt64(t.unhandled, p.Pending(), attrs)
+			}
 		}
 		attrs := metric.WithAttributeSet(t.schemaAttrs)
 		o.ObserveInt64(t.parked, g.parked, attrs)
 		o.ObserveInt64(t.gap, g.gap, attrs)
 		o.ObserveFloat64(t.maxLag, g.maxLag.Seconds(), attrs)
 		return nil
-	}, t.backlog, t.oldestAge, t.parked, t.gap, t.maxLag)
+	}, t.backlog, t.unhandled, t.oldestAge, t.parked, t.gap, t.maxLag)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: register backlog gauges: %w", err)
 	}

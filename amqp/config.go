@@ -101,8 +101,9 @@ type Config struct {
 	// TopicFromTypeOrRoutingKey.
 	TopicFrom TopicFrom
 	// StreamHeader names the header that carries the ordering key (a string,
-	// or an integer written in decimal). Without it a message is unordered.
-	// Defaults to DefaultStreamHeader.
+	// or an integer written in decimal). Without it, or with it empty, a
+	// message is unordered; empty (or void) together with the sequence header
+	// is rejected (ReasonBadStream). Defaults to DefaultStreamHeader.
 	StreamHeader string
 	// SequenceHeader names the header that carries the position within the
 	// stream: any AMQP integer type, an integral float or decimal, or a
@@ -128,9 +129,10 @@ type Config struct {
 	// DefaultReconnectMax.
 	ReconnectInitial time.Duration
 	ReconnectMax     time.Duration
-	// OpenTimeout bounds each step of opening a session: dialling, opening
-	// the channel, declaring the topology, basic.qos and basic.consume.
-	// Defaults to DefaultOpenTimeout.
+	// OpenTimeout bounds each step of opening a session (dialling, opening
+	// the channels, declaring the topology, basic.qos and basic.consume), and
+	// the wait for the broker's confirm of a dead-letter copy. Defaults to
+	// DefaultOpenTimeout.
 	OpenTimeout time.Duration
 	// ShutdownTimeout bounds storing and acking the batch in hand once Run's
 	// context is cancelled, and closing the connection. Defaults to
@@ -141,6 +143,19 @@ type Config struct {
 	// queue deleted under the Receiver is recreated. Its Queue defaults to
 	// Config.Queue and must equal it.
 	Topology *Topology
+	// DeadLetterExchange and DeadLetterRoutingKey are where the Receiver
+	// publishes a copy of each delivery it rejects, with why in its headers
+	// (HeaderRejectReason and the other HeaderReject constants), before it
+	// acks the delivery: give the queue's own dead-letter exchange and
+	// routing key (empty: the delivery's routing key, as the broker would
+	// use). The copy goes on a channel in confirm mode and the delivery is
+	// acked only once the broker confirmed it; if that fails, or when
+	// DeadLetterExchange is empty, the delivery is rejected (basic.reject)
+	// and the broker dead-letters it with only its x-death header. Both
+	// default to Topology's dead-letter exchange and queue when Topology is
+	// set (and has dead-lettering).
+	DeadLetterExchange   string
+	DeadLetterRoutingKey string
 
 	// Logger receives the Receiver's logs. Defaults to slog.Default().
 	Logger *slog.Logger
@@ -172,6 +187,10 @@ func (c Config) withDefaults() Config {
 		t := *c.Topology
 		setDefault(&t.Queue, c.Queue)
 		c.Topology = &t
+		if !t.NoDeadLetter && c.DeadLetterExchange == "" {
+			t = t.withDefaults()
+			c.DeadLetterExchange, c.DeadLetterRoutingKey = t.DeadLetterExchange, t.DeadLetterQueue
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -224,6 +243,12 @@ func (c Config) validate() error {
 		if p.v <= 0 {
 			return fmt.Errorf("amqp: Config.%s %s must be positive", p.name, p.v)
 		}
+	}
+	if c.DeadLetterExchange == "" && c.DeadLetterRoutingKey != "" {
+		return errors.New("amqp: Config.DeadLetterRoutingKey needs a Config.DeadLetterExchange")
+	}
+	if len(c.DeadLetterExchange) > maxNameBytes || len(c.DeadLetterRoutingKey) > maxNameBytes {
+		return fmt.Errorf("amqp: Config.DeadLetterExchange and DeadLetterRoutingKey must be at most %d bytes", maxNameBytes)
 	}
 	if c.MaxHeaderBytes < 0 {
 		return fmt.Errorf("amqp: Config.MaxHeaderBytes %d must be positive", c.MaxHeaderBytes)

@@ -14,7 +14,7 @@
 //	rcv, err := amqp.NewReceiver(in, amqp.Config{
 //		URL:      os.Getenv("AMQP_URL"),
 //		Queue:    "orders",
-//		Topology: &amqp.Topology{Quorum: true, Exchange: "shop", RoutingKeys: []string{"order.*"}},
+//		Topology: &amqp.Topology{Exchange: "shop", RoutingKeys: []string{"order.*"}},
 //	})
 //	if err != nil { ... }
 //	err = rcv.Run(ctx) // until ctx is cancelled
@@ -52,7 +52,9 @@
 //     (default "x-stream-key") and [Config.SequenceHeader] (default
 //     "x-sequence"). The sequence may be any AMQP integer type, an integral
 //     float (up to 2^53) or decimal, or a string of decimal digits; see
-//     [ParseSequence]. A sequence without a stream key is ignored.
+//     [ParseSequence]. A sequence without a stream header is ignored; with
+//     a stream header that is empty or void, the delivery is rejected
+//     ([ReasonBadStream]), since its publisher meant it to be ordered.
 //   - Headers: every application header, rendered by [HeaderString] (so a
 //     W3C traceparent and tracestate are kept as they are), plus the AMQP
 //     properties as amqp-exchange, amqp-routing-key, amqp-content-type and
@@ -61,25 +63,52 @@
 //
 // # Bad input
 //
-// A delivery that cannot become a valid message is rejected without requeue,
-// so the queue's dead-letter exchange receives it (with an x-death header
-// whose reason is "rejected"): a missing message ID, an ID or stream key too
-// long, an unparsable, negative or missing sequence number, a stream key of
-// the wrong type, headers over [Config.MaxHeaderBytes], a body over the
+// A delivery that cannot become a valid message is dead-lettered: a missing
+// message ID, an ID or stream key too long, an unparsable, negative or
+// missing sequence number, a stream key of the wrong type or empty beside a
+// sequence number, headers over [Config.MaxHeaderBytes], a body over the
 // inbox's MaxBodyBytes, or a topic without a handler when the inbox has
-// StrictTopics. Each rejection is logged with its reason and message ID
-// (never the body) and counted in [Stats].Rejected. Bad input never stops
-// the receiver and never holds up the deliveries behind it. Without a
-// dead-letter exchange on the queue the broker drops rejected messages:
-// declare one, for example with [Topology].
+// StrictTopics. The receiver publishes a copy, whole, to the dead-letter
+// exchange ([Config.DeadLetterExchange], Topology's by default) with the
+// reason in [HeaderRejectReason] and [HeaderRejectDetail] and where it came
+// from in [HeaderRejectQueue], [HeaderRejectExchange] and
+// [HeaderRejectRoutingKey], and acks the delivery once the broker has
+// confirmed the copy. If the copy cannot be published (no such exchange, no
+// queue bound, no confirm), or no dead-letter exchange is configured, the
+// delivery is rejected without requeue and the broker dead-letters it with
+// only an x-death header whose reason is "rejected". A channel lost between
+// the confirm and the ack leaves a second copy in the dead-letter queue
+// after the redelivery: never none. Each rejection is logged with its reason
+// and message ID (never the body) and counted in [Stats].Rejected. Bad input
+// never stops the receiver and never holds up the deliveries behind it.
+// Without a dead-letter exchange on the queue the broker drops rejected
+// messages: declare one, for example with [Topology].
+//
+// # Deliveries that cannot be decoded
+//
+// RabbitMQ accepts header tables nested deeper than amqp091-go decodes (32
+// levels). Such a delivery kills the connection ("invalid field or value
+// inside of a frame") before the receiver sees it, so it cannot be rejected:
+// it goes back to the head of the queue. Only the broker can remove it, by
+// a delivery limit: the quorum queues [Topology] declares have
+// x-delivery-limit [DefaultDeliveryLimit], and RabbitMQ counts each return,
+// a lost connection included, then dead-letters the message (x-death reason
+// "delivery_limit"; amqp091-go cannot read it either). The receiver
+// recognises these sessions: it counts them in [Stats].Undecodable, warns on
+// the first and logs an error with the remedy from the second in a row,
+// reconnects without a growing wait, and takes one delivery at a time until
+// the next ack, so that the deliveries behind the bad one are not returned
+// (and counted) with it. On a queue without a delivery limit the queue stays
+// blocked until an operator removes the message.
 //
 // # Reconnects
 //
 // The receiver does its own reconnecting; amqp091-go's automatic recovery
 // must stay off ([Config.AMQP] Recovery nil). When the connection or channel
 // closes (broker restart, network failure, rabbitmqctl close_connection),
-// when the broker cancels the consumer (queue deleted, quorum leader moved)
-// or when the deliveries channel ends, the session ends. After a consumer
+// when the broker cancels the consumer (queue deleted, quorum leader moved),
+// when a delivery cannot be decoded (see above) or when the deliveries
+// channel ends, the session ends. After a consumer
 // cancel the batch in hand is still stored and acked on the open channel;
 // when the channel itself is gone the batch is dropped unacked and the broker
 // redelivers it. A new session starts
@@ -106,7 +135,14 @@
 //     deliveries only while it stores them, but a database outage longer
 //     than that ends the session; nothing is lost, the broker redelivers.
 //   - [Receiver.Stats] counts deliveries received, stored, duplicates,
-//     acked, rejected by reason, failed store attempts and reconnects.
+//     acked, rejected by reason, failed store attempts, reconnects and
+//     sessions killed by an undecodable delivery.
+//   - Every return of an unacked delivery counts towards a quorum queue's
+//     delivery limit: a lost connection, a receiver stopped with deliveries
+//     in flight. The receiver acks within milliseconds, so only a message
+//     returned [DefaultDeliveryLimit] times in a row (a database outage with
+//     that many broker disconnects, say) is dead-lettered without being
+//     stored; it is in the dead-letter queue, to be published again.
 //   - Logs go to [Config.Logger] with the URL's password redacted.
 //
 // # What the receiver does not do

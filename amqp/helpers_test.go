@@ -316,11 +316,26 @@ func inspect(url, queue string) (amqp091.Queue, error) {
 // anything left unacked would be back in it.
 func (e *env) assertDrained() {
 	e.t.Helper()
-	// The broker requeues a closed channel's deliveries asynchronously.
-	time.Sleep(200 * time.Millisecond)
-	if n := e.queueDepth(e.queue); n != 0 {
+	if n := e.depthAfterStop(); n != 0 {
 		e.t.Fatalf("queue %s holds %d messages after the receiver stopped; want 0", e.queue, n)
 	}
+}
+
+// depthAfterStop waits until the broker has removed the stopped receiver's
+// consumer, and returns the queue's depth in that same reading: the broker
+// requeues a consumer's unacked deliveries as it removes it, so the depth
+// then includes them.
+func (e *env) depthAfterStop() int {
+	e.t.Helper()
+	var q amqp091.Queue
+	e.waitFor("the receiver's consumer gone", 10*time.Second, func() bool {
+		var err error
+		if q, err = inspect(e.url, e.queue); err != nil {
+			e.t.Fatal(err)
+		}
+		return q.Consumers == 0
+	})
+	return q.Messages
 }
 
 // assertOnceEach checks that every one of n messages was handled exactly

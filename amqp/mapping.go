@@ -20,7 +20,8 @@ import (
 // Rejection reasons of the receiver's own, besides the inbox.Reason
 // constants that inbox.Inbox.Validate reports.
 const (
-	// ReasonBadStream: the stream header is neither a string nor an integer.
+	// ReasonBadStream: the stream header is neither a string nor an integer,
+	// or it is empty (or void) while the sequence header is set.
 	ReasonBadStream = "bad stream key"
 	// ReasonHeadersTooLarge: the headers exceed Config.MaxHeaderBytes.
 	ReasonHeadersTooLarge = "headers too large"
@@ -84,16 +85,23 @@ func (m mapper) message(d *amqp091.Delivery) (inbox.Message, *rejection) {
 		Topic:  m.topic(d),
 		Body:   d.Body,
 	}
-	if raw, ok := d.Headers[m.streamHeader]; ok && raw != nil {
-		stream, err := streamKey(raw)
-		if err != nil {
-			return msg, &rejection{ReasonBadStream, fmt.Sprintf("header %s: %v", m.streamHeader, err)}
-		}
-		if stream != "" {
-			seqRaw, ok := d.Headers[m.sequenceHeader]
-			if !ok {
-				return msg, &rejection{inbox.ReasonBadSequence, fmt.Sprintf("header %s is missing while %s is set", m.sequenceHeader, m.streamHeader)}
+	if raw, ok := d.Headers[m.streamHeader]; ok {
+		var stream string
+		if raw != nil {
+			var err error
+			if stream, err = streamKey(raw); err != nil {
+				return msg, &rejection{ReasonBadStream, fmt.Sprintf("header %s: %v", m.streamHeader, err)}
 			}
+		}
+		seqRaw, hasSeq := d.Headers[m.sequenceHeader]
+		switch {
+		case stream == "" && hasSeq:
+			// A publisher that sends a position means the message to be
+			// ordered: taking it as unordered would quietly drop that.
+			return msg, &rejection{ReasonBadStream, fmt.Sprintf("header %s is empty while %s is set", m.streamHeader, m.sequenceHeader)}
+		case stream != "" && !hasSeq:
+			return msg, &rejection{inbox.ReasonBadSequence, fmt.Sprintf("header %s is missing while %s is set", m.sequenceHeader, m.streamHeader)}
+		case stream != "":
 			seq, err := ParseSequence(seqRaw)
 			if err != nil {
 				return msg, &rejection{inbox.ReasonBadSequence, fmt.Sprintf("header %s: %v", m.sequenceHeader, err)}

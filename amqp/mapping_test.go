@@ -239,6 +239,9 @@ func TestMapperRejections(t *testing.T) {
 		{"missing sequence", amqp091.Table{"x-stream-key": "s"}, inbox.ReasonBadSequence},
 		{"bool stream", amqp091.Table{"x-stream-key": false, "x-sequence": 1}, ReasonBadStream},
 		{"fraction stream", amqp091.Table{"x-stream-key": 1.5, "x-sequence": 1}, ReasonBadStream},
+		{"empty stream with a sequence", amqp091.Table{"x-stream-key": "", "x-sequence": 4}, ReasonBadStream},
+		{"empty byte stream with a sequence", amqp091.Table{"x-stream-key": []byte{}, "x-sequence": "garbage"}, ReasonBadStream},
+		{"void stream with a sequence", amqp091.Table{"x-stream-key": nil, "x-sequence": 4}, ReasonBadStream},
 		{"big headers", amqp091.Table{"h": strings.Repeat("v", 1001)}, ReasonHeadersTooLarge},
 	}
 	for _, c := range cases {
@@ -248,10 +251,10 @@ func TestMapperRejections(t *testing.T) {
 		}
 	}
 	// Unordered messages: no stream, so a sequence is ignored, and an empty
-	// or void stream key means none.
+	// or void stream key without a sequence means none.
 	for _, h := range []amqp091.Table{
 		{"x-sequence": "garbage"},
-		{"x-stream-key": "", "x-sequence": "garbage"},
+		{"x-stream-key": ""},
 		{"x-stream-key": nil},
 	} {
 		msg, rej := m.message(&amqp091.Delivery{MessageId: "id", Type: "t", Headers: h})
@@ -279,6 +282,8 @@ func TestConfigValidate(t *testing.T) {
 		{"Config.AMQP.Recovery", func(c *Config) { c.AMQP.Recovery = &amqp091.Recovery{} }},
 		{"Config.Topology.Queue", func(c *Config) { c.Topology = &Topology{Queue: "other"} }},
 		{"Config.Topology", func(c *Config) { c.Topology = &Topology{RoutingKeys: []string{"k"}} }},
+		{"Config.DeadLetterRoutingKey", func(c *Config) { c.DeadLetterRoutingKey = "k" }},
+		{"Config.DeadLetterExchange", func(c *Config) { c.DeadLetterExchange = strings.Repeat("x", 256) }},
 	}
 	for _, c := range cases {
 		cfg := Config{URL: "amqp://guest:guest@localhost/", Queue: "orders"}
@@ -298,8 +303,13 @@ func TestConfigValidate(t *testing.T) {
 	got := r.Config()
 	if got.Prefetch != DefaultPrefetch || got.BatchSize != DefaultBatchSize || got.Source != "orders" ||
 		got.StreamHeader != DefaultStreamHeader || got.Topology.Queue != "orders" ||
-		got.AMQP.Properties["connection_name"] != "inbox receiver orders" {
+		got.AMQP.Properties["connection_name"] != "inbox receiver orders" ||
+		got.DeadLetterExchange != "orders.dlx" || got.DeadLetterRoutingKey != "orders.dead" {
 		t.Fatalf("defaults not applied: %+v", got)
+	}
+	r, err = NewReceiver(nopStore{}, Config{URL: "amqp://guest:guest@localhost/", Queue: "orders", Topology: &Topology{NoDeadLetter: true}})
+	if err != nil || r.Config().DeadLetterExchange != "" {
+		t.Fatalf("a topology without dead-lettering gave dead-letter exchange %q, %v", r.Config().DeadLetterExchange, err)
 	}
 	if _, err := NewReceiver(nil, Config{URL: "amqp://localhost/", Queue: "q"}); err == nil {
 		t.Fatal("NewReceiver accepted a nil store")
@@ -309,7 +319,8 @@ func TestConfigValidate(t *testing.T) {
 func TestTopologyDefaults(t *testing.T) {
 	got := Topology{Queue: "orders", Exchange: "shop"}.withDefaults()
 	if got.DeadLetterExchange != "orders.dlx" || got.DeadLetterQueue != "orders.dead" ||
-		got.ExchangeType != "topic" || len(got.RoutingKeys) != 1 || got.RoutingKeys[0] != "#" {
+		got.ExchangeType != "topic" || len(got.RoutingKeys) != 1 || got.RoutingKeys[0] != "#" ||
+		got.Classic || got.DeliveryLimit != DefaultDeliveryLimit {
 		t.Fatalf("defaults %+v", got)
 	}
 	if err := (Topology{Queue: "q", DeadLetterQueue: "q"}).validate(); err == nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,14 +90,15 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}
 	defer r.running.Store(false)
 
-	retry := backoff.NewExponentialBackOff()
-	retry.InitialInterval = r.cfg.ReconnectInitial
-	retry.MaxInterval = r.cfg.ReconnectMax
-	retry.MaxElapsedTime = 0
+	retry := newBackOff(r.cfg.ReconnectInitial, r.cfg.ReconnectMax)
 	r.log.Info("receiver starting", "url", redactURL(r.cfg.URL), "prefetch", r.cfg.Prefetch, "batch_size", r.cfg.BatchSize)
+	// undecodable counts the sessions in a row killed by a delivery that
+	// amqp091-go could not decode; while it is not zero, sessions take one
+	// delivery at a time (see Topology).
+	undecodable := 0
 	for gen := uint64(1); ; gen++ {
 		started := time.Now()
-		healthy, err := r.session(ctx, gen)
+		healthy, err := r.session(ctx, gen, undecodable > 0)
 		if ctx.Err() != nil {
 			if err != nil && !errors.Is(err, ctx.Err()) {
 				r.log.Warn("receiver stopped; deliveries it could not ack will be redelivered", "error", err)
@@ -105,13 +107,27 @@ func (r *Receiver) Run(ctx context.Context) error {
 			}
 			return nil
 		}
+		switch {
+		case isUndecodable(err) && healthy:
+			undecodable = 1
+		case isUndecodable(err):
+			undecodable++
+		case healthy:
+			undecodable = 0
+		}
+		if isUndecodable(err) {
+			r.stats.undecodable.Add(1)
+		}
 		// A session that acked something, or lasted as long as the longest
 		// wait, was healthy: the next failure starts from a short wait again.
-		if healthy || time.Since(started) >= r.cfg.ReconnectMax {
+		// So was one that an undecodable delivery killed: the broker is
+		// fine, and each quick return brings the message nearer to its
+		// queue's delivery limit.
+		if healthy || time.Since(started) >= r.cfg.ReconnectMax || (isUndecodable(err) && undecodable <= undecodableFastRetries) {
 			retry.Reset()
 		}
 		delay := retry.NextBackOff()
-		r.logSessionEnd(gen, err, delay)
+		r.logSessionEnd(gen, err, delay, undecodable)
 		timer := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -124,14 +140,51 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}
 }
 
+// newBackOff returns a capped exponential backoff without an end. Reset
+// applies initial: a new ExponentialBackOff starts from the library's own
+// default.
+func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = initial
+	b.MaxInterval = maxInterval
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
 // errConsumerCancelled is a basic.cancel from the broker: the queue was
 // deleted, or a replicated queue's leader moved.
 var errConsumerCancelled = errors.New("the broker cancelled the consumer (queue deleted?)")
 
-func (r *Receiver) logSessionEnd(gen uint64, err error, delay time.Duration) {
+// undecodableFastRetries bounds the sessions in a row, killed by an
+// undecodable delivery, that are retried without a growing wait: enough for
+// any sane delivery limit to remove the message. Past it the queue has no
+// such limit, and the normal backoff spares the broker.
+const undecodableFastRetries = 50
+
+// isUndecodable reports whether err is amqp091-go giving up on a frame it
+// could not decode, such as a delivery with headers nested deeper than it
+// reads. amqp091-go closes the connection with the decoding error flattened
+// into the reason, so its text is all there is to match.
+func isUndecodable(err error) bool {
+	var amqpErr *amqp091.Error
+	if !errors.As(err, &amqpErr) || amqpErr.Server || amqpErr.Code != amqp091.FrameError {
+		return false
+	}
+	return strings.Contains(amqpErr.Reason, amqp091.ErrSyntax.Reason) || strings.Contains(amqpErr.Reason, amqp091.ErrFrame.Reason)
+}
+
+func (r *Receiver) logSessionEnd(gen uint64, err error, delay time.Duration, undecodable int) {
 	args := []any{"session", gen, "error", err, "retry_in", delay}
 	var amqpErr *amqp091.Error
 	switch {
+	case isUndecodable(err) && undecodable > 1:
+		r.log.Error("a delivery at the head of the queue cannot be decoded (amqp091-go reads header tables at most 32 levels deep) "+
+			"and kills every session; only a delivery limit makes the broker remove it: declare the queue as a quorum queue "+
+			"with x-delivery-limit and a dead-letter exchange (amqp.Topology's default), or remove the message by hand",
+			append(args, "sessions_in_a_row", undecodable)...)
+	case isUndecodable(err):
+		r.log.Warn("a delivery could not be decoded and the connection died; the next session takes one delivery at a time", args...)
 	case errors.As(err, &amqpErr) && amqpErr.Code == amqp091.NotFound:
 		r.log.Error("queue not found; declare it, or set Config.Topology to have the receiver declare it", args...)
 	case errors.As(err, &amqpErr) && (amqpErr.Code == amqp091.AccessRefused || amqpErr.Code == amqp091.PreconditionFailed):
@@ -143,13 +196,14 @@ func (r *Receiver) logSessionEnd(gen uint64, err error, delay time.Duration) {
 	}
 }
 
-// pending is a delivery waiting in the batch for its store. Its tag belongs to
+// pending is a delivery waiting in the batch for its store, kept whole in
+// case Store refuses it and it must be dead-lettered. Its tag belongs to
 // the channel of the session whose batch holds it: a batch never outlives
 // its session, so no tag is ever acked on a later channel, where the same
 // number means another delivery.
 type pending struct {
-	tag uint64
-	id  string
+	d  *amqp091.Delivery
+	id string
 }
 
 // session is one connection, channel and consumer. All its broker calls,
@@ -159,11 +213,13 @@ type pending struct {
 type session struct {
 	r          *Receiver
 	gen        uint64
+	careful    bool // prefetch 1 until the first ack
 	link       *link
 	ch         *amqp091.Channel
 	connClosed chan *amqp091.Error
 	chClosed   chan *amqp091.Error
 	cancelled  chan string
+	dead       *deadLetter // nil without a dead-letter exchange, or once it failed
 
 	batch  []pending
 	msgs   []inbox.Message
@@ -172,8 +228,10 @@ type session struct {
 }
 
 // session runs one broker session until it fails or ctx ends. healthy
-// reports whether it acked anything.
-func (r *Receiver) session(ctx context.Context, gen uint64) (healthy bool, err error) {
+// reports whether it acked anything. A careful session takes one delivery at
+// a time until its first ack, so that a delivery which kills it is the only
+// one the broker counts as returned.
+func (r *Receiver) session(ctx context.Context, gen uint64, careful bool) (healthy bool, err error) {
 	l, err := dial(ctx, r.cfg.URL, r.cfg.AMQP, r.cfg.OpenTimeout)
 	if err != nil {
 		return false, fmt.Errorf("connect to %s: %w", redactURL(r.cfg.URL), err)
@@ -181,6 +239,7 @@ func (r *Receiver) session(ctx context.Context, gen uint64) (healthy bool, err e
 	s := &session{
 		r:          r,
 		gen:        gen,
+		careful:    careful,
 		link:       l,
 		connClosed: l.conn.NotifyClose(make(chan *amqp091.Error, 1)),
 	}
@@ -214,8 +273,17 @@ func (s *session) open(ctx context.Context) (<-chan amqp091.Delivery, error) {
 			return nil, err
 		}
 	}
+	if cfg.DeadLetterExchange != "" {
+		if err := s.openDeadLetter(ctx); err != nil {
+			return nil, err
+		}
+	}
+	prefetch := cfg.Prefetch
+	if s.careful {
+		prefetch = 1
+	}
 	err = s.link.bounded(ctx, cfg.OpenTimeout, "set prefetch", func() error {
-		return s.ch.Qos(cfg.Prefetch, 0, false)
+		return s.ch.Qos(prefetch, 0, false)
 	})
 	if err != nil {
 		return nil, err
@@ -272,13 +340,22 @@ func (s *session) consume(ctx context.Context, deliveries <-chan amqp091.Deliver
 			return lost("connection", e)
 		case e := <-s.chClosed:
 			return lost("channel", e)
-		case tag := <-s.cancelled:
+		case tag, ok := <-s.cancelled:
+			s.cancelled = nil
+			if !ok {
+				// Closed with the channel, whose reason is in chClosed.
+				continue
+			}
 			// The deliveries already received stay ackable on this channel;
 			// the deliveries channel closes once they are all read.
-			s.cancelled = nil
 			cancelledBy = fmt.Errorf("consumer %q: %w", tag, errConsumerCancelled)
 		case d, ok := <-deliveries:
 			if !ok {
+				// amqp091-go reports the reason before it closes the
+				// deliveries channel of a channel that shuts down.
+				if err := s.closedBy(); err != nil {
+					return err
+				}
 				if err := s.flush(ctx); err != nil {
 					return err
 				}
@@ -300,6 +377,39 @@ func (s *session) consume(ctx context.Context, deliveries <-chan amqp091.Deliver
 				return err
 			}
 		}
+	}
+}
+
+// closedBy returns why the connection or the channel closed, or nil if
+// neither has.
+func (s *session) closedBy() error {
+	select {
+	case e := <-s.connClosed:
+		return lost("connection", e)
+	case e := <-s.chClosed:
+		return lost("channel", e)
+	default:
+		return nil
+	}
+}
+
+// whyClosed returns, for err from a call that found the channel closed, the
+// reason the connection or channel closed, which amqp091-go reports just
+// after it marks them closed. The session's end is then logged, and
+// classified (an undecodable delivery, say), by its cause.
+func (s *session) whyClosed(err error) error {
+	if !errors.Is(err, amqp091.ErrClosed) {
+		return err
+	}
+	timer := time.NewTimer(s.r.cfg.OpenTimeout)
+	defer timer.Stop()
+	select {
+	case e := <-s.connClosed:
+		return lost("connection", e)
+	case e := <-s.chClosed:
+		return lost("channel", e)
+	case <-timer.C:
+		return err
 	}
 }
 
@@ -327,31 +437,47 @@ func (s *session) add(d *amqp091.Delivery) {
 		}
 	}
 	if rej != nil {
-		s.reject(d.DeliveryTag, msg.ID, d, rej)
+		s.reject(d, msg.ID, rej)
 		return
 	}
-	s.batch = append(s.batch, pending{tag: d.DeliveryTag, id: msg.ID})
+	s.batch = append(s.batch, pending{d: d, id: msg.ID})
 	s.msgs = append(s.msgs, msg)
 }
 
-// reject sends a delivery to the queue's dead-letter exchange. A failure
-// means the channel is going away, which the consume loop notices; the
-// broker then redelivers the message, and it is rejected again.
-func (s *session) reject(tag uint64, id string, d *amqp091.Delivery, rej *rejection) {
+// reject dead-letters a delivery: a copy with the reason goes to the
+// dead-letter exchange and the delivery is acked once the copy is
+// confirmed, or failing that the delivery is rejected for the broker to
+// dead-letter. The delivery is settled on its own (multiple=false) before
+// any later batch ack covers its tag. A failure to settle means the channel
+// is going away, which the consume loop notices; the broker then redelivers
+// the message, and it is rejected again.
+func (s *session) reject(d *amqp091.Delivery, id string, rej *rejection) {
 	s.r.stats.reject(rej.reason)
 	s.r.metrics.Malformed(context.Background(), rej.reason)
-	err := s.ch.Reject(tag, false)
 	args := []any{
 		"reason", rej.reason,
 		"detail", rej.detail,
 		"message_id", truncate(id, 128),
-		"delivery_tag", tag,
+		"delivery_tag", d.DeliveryTag,
+		"routing_key", truncate(d.RoutingKey, 128),
+		"redelivered", d.Redelivered,
 		"session", s.gen,
 	}
-	if d != nil {
-		args = append(args, "routing_key", truncate(d.RoutingKey, 128), "redelivered", d.Redelivered)
+	if s.r.cfg.DeadLetterExchange != "" {
+		err := s.publishDeadLetter(d, rej)
+		if err == nil {
+			if err := s.ch.Ack(d.DeliveryTag, false); err != nil {
+				s.r.log.Warn("could not ack bad message after publishing its dead-letter copy; it will be redelivered and dead-lettered again",
+					append(args, "error", err)...)
+				return
+			}
+			s.r.log.Warn("dead-lettered bad message with its reason", append(args, "exchange", s.r.cfg.DeadLetterExchange)...)
+			return
+		}
+		s.r.log.Warn("could not publish the dead-letter copy of a bad message; rejecting it to the broker's dead-lettering, without the reason",
+			append(args, "exchange", s.r.cfg.DeadLetterExchange, "error", err)...)
 	}
-	if err != nil {
+	if err := s.ch.Reject(d.DeliveryTag, false); err != nil {
 		s.r.log.Warn("could not reject bad message; it will be redelivered", append(args, "error", err)...)
 		return
 	}
@@ -388,7 +514,7 @@ func (s *session) flush(ctx context.Context) error {
 			// Validate let it through but Store did not (a handler
 			// unregistered, say): only this one is at fault.
 			bad := s.batch[inv.Index]
-			s.reject(bad.tag, bad.id, nil, &rejection{reason: inv.Reason, detail: inv.Detail})
+			s.reject(bad.d, bad.id, &rejection{reason: inv.Reason, detail: inv.Detail})
 			s.batch = append(s.batch[:inv.Index], s.batch[inv.Index+1:]...)
 			s.msgs = append(s.msgs[:inv.Index], s.msgs[inv.Index+1:]...)
 			if len(s.batch) == 0 {
@@ -398,10 +524,7 @@ func (s *session) flush(ctx context.Context) error {
 		}
 		s.r.stats.storeFailures.Add(1)
 		if retry == nil {
-			retry = backoff.NewExponentialBackOff()
-			retry.InitialInterval = cfg.StoreRetryInitial
-			retry.MaxInterval = cfg.StoreRetryMax
-			retry.MaxElapsedTime = 0
+			retry = newBackOff(cfg.StoreRetryInitial, cfg.StoreRetryMax)
 		}
 		wait := retry.NextBackOff()
 		if !deadline.IsZero() && time.Until(deadline) < wait {
@@ -446,18 +569,29 @@ func (s *session) storeOnce(ctx context.Context, deadline time.Time) (inbox.Stor
 // tag, and empties the batch.
 func (s *session) ack(res inbox.StoreResult) error {
 	n := len(s.batch)
-	last := s.batch[n-1].tag
+	last := s.batch[n-1].d.DeliveryTag
 	clear(s.msgs) // drop the bodies
+	clear(s.batch)
 	s.batch, s.msgs = s.batch[:0], s.msgs[:0]
 	s.r.stats.stored.Add(uint64(res.Stored))
 	s.r.stats.duplicates.Add(uint64(res.Duplicates))
 	if err := s.ch.Ack(last, true); err != nil {
 		// The rows are committed, so the redelivery is a duplicate.
-		return fmt.Errorf("ack %d stored deliveries: %w", n, err)
+		return fmt.Errorf("ack %d stored deliveries: %w", n, s.whyClosed(err))
 	}
 	s.acked = true
 	s.r.stats.acked.Add(uint64(n))
 	s.r.log.Debug("stored and acked batch", "deliveries", n, "new", res.Stored, "duplicates", res.Duplicates, "session", s.gen)
+	if s.careful {
+		s.careful = false
+		err := s.link.bounded(context.Background(), s.r.cfg.OpenTimeout, "restore the prefetch", func() error {
+			return s.ch.Qos(s.r.cfg.Prefetch, 0, false)
+		})
+		if err != nil {
+			return s.whyClosed(err)
+		}
+		s.r.log.Info("the delivery after the undecodable one was stored; back to the full prefetch", "session", s.gen)
+	}
 	return nil
 }
 
@@ -481,6 +615,9 @@ type Stats struct {
 	StoreFailures uint64
 	// Reconnects counts broker sessions after the first.
 	Reconnects uint64
+	// Undecodable counts sessions killed by a delivery that amqp091-go could
+	// not decode (see Topology).
+	Undecodable uint64
 }
 
 // RejectedTotal sums Rejected.
@@ -500,6 +637,7 @@ func (r *Receiver) Stats() Stats {
 type counters struct {
 	received, acked, stored, duplicates atomic.Uint64
 	storeFailures, reconnects           atomic.Uint64
+	undecodable                         atomic.Uint64
 
 	mu       sync.Mutex
 	rejected map[string]uint64
@@ -529,5 +667,6 @@ func (c *counters) snapshot() Stats {
 		Rejected:      rejected,
 		StoreFailures: c.storeFailures.Load(),
 		Reconnects:    c.reconnects.Load(),
+		Undecodable:   c.undecodable.Load(),
 	}
 }

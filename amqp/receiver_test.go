@@ -1,10 +1,12 @@
 package amqp_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -212,8 +214,13 @@ func TestDatabaseOutage(t *testing.T) {
 	e.publish(withDuplicates(orders("m", n))[500:]...)
 	e.waitFor("deliveries held unacked", 10*time.Second, func() bool { return unacked(t, e.queue) == cfg.Prefetch })
 	for i := 0; i < 4; i++ {
+		e.waitFor("a store waiting on the lock", 10*time.Second, func() bool {
+			return e.count(`SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, app) > 0
+		})
+		failures := r.Stats().StoreFailures
 		kill()
-		time.Sleep(150 * time.Millisecond)
+		// The killed store fails, and is retried into the lock again.
+		e.waitFor("the killed store to fail", 10*time.Second, func() bool { return r.Stats().StoreFailures > failures })
 		if got := r.Stats().Acked; got != 500 {
 			t.Fatalf("%d deliveries acked during the outage; want the 500 stored before it", got)
 		}
@@ -241,6 +248,7 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 	in := e.newInbox(inbox.Config{MaxBodyBytes: 1024, StrictTopics: true})
 	cfg := e.receiverConfig()
 	cfg.MaxHeaderBytes = 2048
+	cfg.Topology = &amqp.Topology{} // as declared: its dead-letter exchange takes the copies
 	r := e.run(in, cfg)
 
 	secret := []byte("SECRET-BODY " + strings.Repeat("x", 2000))
@@ -270,8 +278,12 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 	e.publish(pubs...)
 
 	e.assertOnceEach(len(good))
-	// The dead-letter queue gets every bad message, marked rejected by this
-	// queue.
+	// The dead-letter queue gets every bad message whole, with why and
+	// from where in its headers.
+	reasons := map[string]string{}
+	for _, b := range bad {
+		reasons[b.name] = b.reason
+	}
 	dead := map[string]bool{}
 	e.waitFor("bad messages in the dead-letter queue", 10*time.Second, func() bool {
 		for {
@@ -283,13 +295,14 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 				return len(dead) == len(bad)
 			}
 			name, _ := d.Headers["test-case"].(string)
-			deaths, _ := d.Headers["x-death"].([]any)
-			if len(deaths) != 1 {
-				t.Fatalf("%s: x-death %v", name, d.Headers["x-death"])
+			if got := d.Headers[amqp.HeaderRejectReason]; got != reasons[name] || reasons[name] == "" {
+				t.Fatalf("%s: %s %v, want %q", name, amqp.HeaderRejectReason, got, reasons[name])
 			}
-			death := deaths[0].(amqp091.Table)
-			if death["reason"] != "rejected" || death["queue"] != e.queue {
-				t.Fatalf("%s: x-death %v; want reason rejected from queue %s", name, death, e.queue)
+			if d.Headers[amqp.HeaderRejectQueue] != e.queue || d.Headers[amqp.HeaderRejectRoutingKey] != e.queue {
+				t.Fatalf("%s: headers %v; want the queue and routing key it was rejected from", name, d.Headers)
+			}
+			if name == "oversize" && (!bytes.Equal(d.Body, secret) || d.Headers[amqp.HeaderRejectDetail] != "2012 bytes, limit 1024") {
+				t.Fatalf("oversize: body of %d bytes, detail %v; want the body whole and the size in the detail", len(d.Body), d.Headers[amqp.HeaderRejectDetail])
 			}
 			dead[name] = true
 		}
@@ -320,6 +333,47 @@ func TestMalformedToDeadLetterQueue(t *testing.T) {
 	}
 	if strings.Contains(logs, "guest:guest@") {
 		t.Error("the broker password reached the logs")
+	}
+}
+
+// TestRejectFallsBackToTheBroker: when the copy cannot be published (here
+// the dead-letter exchange named in the Config does not exist), the
+// delivery is rejected and the broker dead-letters it, x-death and all.
+func TestRejectFallsBackToTheBroker(t *testing.T) {
+	e := setup(t)
+	in := e.newInbox(inbox.Config{})
+	cfg := e.receiverConfig()
+	cfg.DeadLetterExchange = e.queue + ".missing"
+	r := e.run(in, cfg)
+	e.publish(amqp091.Publishing{Body: []byte("no id")}, amqp091.Publishing{Body: []byte("no id either")})
+	e.publish(orders("good", 3)...)
+	e.assertOnceEach(3)
+
+	var got int
+	e.waitFor("the bad messages in the dead-letter queue", 10*time.Second, func() bool {
+		for {
+			d, ok, err := e.pub.Get(e.dlq, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				return got == 2
+			}
+			deaths, _ := d.Headers["x-death"].([]any)
+			if len(deaths) != 1 || deaths[0].(amqp091.Table)["reason"] != "rejected" {
+				t.Fatalf("x-death %v; want one, reason rejected", d.Headers["x-death"])
+			}
+			got++
+		}
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Stats(); s.Rejected[inbox.ReasonMissingID] != 2 {
+		t.Fatalf("stats %+v: want 2 rejected without an ID", s)
+	}
+	if !strings.Contains(e.logs.String(), "could not publish the dead-letter copy") {
+		t.Fatal("no log of the failed copy")
 	}
 }
 
@@ -403,9 +457,9 @@ func TestShutdownFinishesTheBatchInHand(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
 	s := r.Stats()
-	rows, left := e.rows(), e.queueDepth(e.queue)
+	left := e.depthAfterStop()
+	rows := e.rows()
 	if uint64(rows) != s.Acked || rows+left != n {
 		t.Fatalf("after stop: %d rows, %d acked, %d left in the queue; want rows = acked and rows + left = %d", rows, s.Acked, left, n)
 	}
@@ -432,14 +486,28 @@ func TestQueueDeletedUnderTheConsumer(t *testing.T) {
 		if _, err := e.pub.QueueDelete(e.queue, false, false, false); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Second)
-		// ReconnectMax is 500ms: a crash loop would reconnect far more often.
-		if s := r.Stats(); s.Reconnects < 2 || s.Reconnects > 12 {
-			t.Fatalf("%d reconnects in 2s without a queue; want backoff between 2 and 12", s.Reconnects)
+		// Six sessions fail on the missing queue. A crash loop would retry
+		// each time after about ReconnectInitial (50ms); with backoff, the
+		// sixth wait is at least 50ms×1.5^5/2, some 190ms, whatever the
+		// jitter, and at most ReconnectMax.
+		notFound := regexp.MustCompile(`msg="queue not found.* retry_in=([0-9.]+m?s)`)
+		var waits []time.Duration
+		e.waitFor("six sessions without a queue", 30*time.Second, func() bool {
+			waits = waits[:0]
+			for _, m := range notFound.FindAllStringSubmatch(e.logs.String(), -1) {
+				d, err := time.ParseDuration(m[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				waits = append(waits, d)
+			}
+			return len(waits) >= 6
+		})
+		if w := waits[5]; w < 150*time.Millisecond || w > 500*time.Millisecond {
+			t.Fatalf("waits between sessions without a queue: %v; want the sixth between 150ms and ReconnectMax (500ms)", waits)
 		}
-		logs := e.logs.String()
-		if !strings.Contains(logs, "consumer cancelled by the broker") || !strings.Contains(logs, "queue not found") {
-			t.Fatalf("want clear logs of the cancel and the missing queue:\n%s", logs)
+		if logs := e.logs.String(); !strings.Contains(logs, "consumer cancelled by the broker") {
+			t.Fatalf("want a clear log of the cancel:\n%s", logs)
 		}
 
 		if err := amqp.Declare(e.ctx, e.url, amqp.Topology{Queue: e.queue}); err != nil {

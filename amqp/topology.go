@@ -18,12 +18,17 @@ const (
 	// the dead-letter exchange and queue after the queue.
 	DefaultDeadLetterExchangeSuffix = ".dlx"
 	DefaultDeadLetterQueueSuffix    = ".dead"
+	// DefaultDeliveryLimit is the quorum queue's x-delivery-limit: a message
+	// delivered and returned unacked this many times is dead-lettered on its
+	// next return (see Topology.DeliveryLimit).
+	DefaultDeliveryLimit = 20
 )
 
-// Queue arguments of dead-lettering, which amqp091-go has no names for.
+// Queue arguments which amqp091-go has no names for.
 const (
 	argDeadLetterExchange   = "x-dead-letter-exchange"
 	argDeadLetterRoutingKey = "x-dead-letter-routing-key"
+	argDeliveryLimit        = "x-delivery-limit"
 )
 
 // maxNameBytes is AMQP's short string limit, which bounds queue, exchange
@@ -35,6 +40,17 @@ const maxNameBytes = 255
 // broker's existing objects have the same arguments; a difference fails with
 // PRECONDITION_FAILED rather than changing them.
 //
+// The queues are quorum queues, and Queue has a delivery limit
+// (x-delivery-limit, DeliveryLimit). That limit is what removes a message
+// that no consumer can take: RabbitMQ accepts messages that amqp091-go cannot
+// decode (header tables nested deeper than 32 levels), and each delivery of
+// one kills the receiver's connection before it can reject it, so the message
+// goes back to the head of the queue and blocks it. The broker counts every
+// return of an unacked delivery, a lost connection included (measured on
+// RabbitMQ 3.10), and dead-letters the message once the count passes the
+// limit; the receiver takes one delivery at a time meanwhile, so that the
+// messages behind it are not counted with it.
+//
 // The queue dead-letters into DeadLetterExchange (a direct exchange) with
 // routing key DeadLetterQueue, and DeadLetterQueue is bound to it under that
 // key, so one dead-letter exchange may serve several queues. The original
@@ -43,9 +59,20 @@ type Topology struct {
 	// Queue is the queue to declare. Required (in Config.Topology it
 	// defaults to Config.Queue).
 	Queue string
-	// Quorum declares replicated quorum queues (x-queue-type quorum) instead
-	// of classic durable queues.
-	Quorum bool
+	// Classic declares classic durable queues, without a delivery limit, as
+	// Topology did before quorum queues became its default. Set it for
+	// queues that already exist as classic queues: the broker refuses to
+	// redeclare a queue with another type (PRECONDITION_FAILED, which the
+	// declaration's error explains). See docs/operations.md for moving such a
+	// queue to a quorum queue.
+	Classic bool
+	// DeliveryLimit is Queue's x-delivery-limit: how many times a message may
+	// be delivered and returned unacked (by a lost connection, a receiver
+	// stopped mid-batch, a delivery it cannot decode) before the broker
+	// dead-letters it. The receiver acks within milliseconds of a delivery,
+	// so only a message that keeps failing reaches it. Negative means no
+	// limit; ignored with Classic. Defaults to DefaultDeliveryLimit.
+	DeliveryLimit int
 	// DeadLetterExchange receives the messages the receiver rejects.
 	// Defaults to Queue followed by DefaultDeadLetterExchangeSuffix.
 	DeadLetterExchange string
@@ -63,8 +90,8 @@ type Topology struct {
 	// RoutingKeys bind Queue to Exchange. Defaults to DefaultRoutingKey.
 	RoutingKeys []string
 	// QueueArguments are added to Queue's declaration, for example
-	// x-single-active-consumer or x-max-length. The dead-letter and queue
-	// type arguments are set from the fields above.
+	// x-single-active-consumer or x-max-length. The dead-letter, queue type
+	// and delivery limit arguments are set from the fields above.
 	QueueArguments amqp091.Table
 }
 
@@ -72,6 +99,7 @@ func (t Topology) withDefaults() Topology {
 	setDefault(&t.DeadLetterExchange, t.Queue+DefaultDeadLetterExchangeSuffix)
 	setDefault(&t.DeadLetterQueue, t.Queue+DefaultDeadLetterQueueSuffix)
 	setDefault(&t.ExchangeType, DefaultExchangeType)
+	setDefault(&t.DeliveryLimit, DefaultDeliveryLimit)
 	if t.Exchange != "" && len(t.RoutingKeys) == 0 {
 		t.RoutingKeys = []string{DefaultRoutingKey}
 	}
@@ -110,15 +138,11 @@ func (t Topology) validate() error {
 
 // declare declares t on ch; t has its defaults.
 func (t Topology) declare(ch *amqp091.Channel) error {
-	queueType := amqp091.QueueTypeClassic
-	if t.Quorum {
-		queueType = amqp091.QueueTypeQuorum
-	}
 	typed := func(args amqp091.Table) amqp091.Table {
 		// Classic queues are declared without x-queue-type, so that queues
 		// created before (or by tools that never set it) still match.
-		if queueType != amqp091.QueueTypeClassic {
-			args[amqp091.QueueTypeArg] = queueType
+		if !t.Classic {
+			args[amqp091.QueueTypeArg] = amqp091.QueueTypeQuorum
 		}
 		return args
 	}
@@ -126,12 +150,16 @@ func (t Topology) declare(ch *amqp091.Channel) error {
 	for k, v := range t.QueueArguments {
 		args[k] = v
 	}
+	delete(args, argDeliveryLimit)
+	if !t.Classic && t.DeliveryLimit > 0 {
+		args[argDeliveryLimit] = int64(t.DeliveryLimit)
+	}
 	if !t.NoDeadLetter {
 		if err := ch.ExchangeDeclare(t.DeadLetterExchange, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
 			return fmt.Errorf("declare dead-letter exchange %q: %w", t.DeadLetterExchange, err)
 		}
 		if _, err := ch.QueueDeclare(t.DeadLetterQueue, true, false, false, false, typed(amqp091.Table{})); err != nil {
-			return fmt.Errorf("declare dead-letter queue %q: %w", t.DeadLetterQueue, err)
+			return fmt.Errorf("declare dead-letter queue %q: %w", t.DeadLetterQueue, explainInequivalent(err))
 		}
 		if err := ch.QueueBind(t.DeadLetterQueue, t.DeadLetterQueue, t.DeadLetterExchange, false, nil); err != nil {
 			return fmt.Errorf("bind dead-letter queue %q to %q: %w", t.DeadLetterQueue, t.DeadLetterExchange, err)
@@ -140,7 +168,7 @@ func (t Topology) declare(ch *amqp091.Channel) error {
 		args[argDeadLetterRoutingKey] = t.DeadLetterQueue
 	}
 	if _, err := ch.QueueDeclare(t.Queue, true, false, false, false, typed(args)); err != nil {
-		return fmt.Errorf("declare queue %q: %w", t.Queue, err)
+		return fmt.Errorf("declare queue %q: %w", t.Queue, explainInequivalent(err))
 	}
 	if t.Exchange == "" {
 		return nil
@@ -188,4 +216,34 @@ func Declare(ctx context.Context, url string, t Topology) error {
 		return fmt.Errorf("amqp: declare topology of %q: %w", t.Queue, err)
 	}
 	return nil
+}
+
+// inequivalentError is the broker's refusal to redeclare a queue with other
+// arguments, with what to do about the ones Topology sets.
+type inequivalentError struct {
+	err  *amqp091.Error
+	hint string
+}
+
+func (e *inequivalentError) Error() string { return e.err.Error() + "; " + e.hint }
+
+func (e *inequivalentError) Unwrap() error { return e.err }
+
+// explainInequivalent adds a remedy to PRECONDITION_FAILED for the queue
+// type or the delivery limit, which an existing queue declared before
+// Topology's defaults changed may lack.
+func explainInequivalent(err error) error {
+	var amqpErr *amqp091.Error
+	if !errors.As(err, &amqpErr) || amqpErr.Code != amqp091.PreconditionFailed {
+		return err
+	}
+	switch {
+	case strings.Contains(amqpErr.Reason, "'"+amqp091.QueueTypeArg+"'"):
+		return &inequivalentError{amqpErr, "the queue exists with another type: Topology declares quorum queues unless Topology.Classic is set; " +
+			"set Classic to keep a classic queue, or move it to a quorum queue (docs/operations.md)"}
+	case strings.Contains(amqpErr.Reason, "'"+argDeliveryLimit+"'"):
+		return &inequivalentError{amqpErr, "the queue exists with another delivery limit: set Topology.DeliveryLimit to the queue's " +
+			"(negative for none), or move the queue to a new one (docs/operations.md)"}
+	}
+	return err
 }

@@ -18,7 +18,7 @@ func TestDeclareQuorumQueueWithExchange(t *testing.T) {
 	defer cancel()
 	url := testenv.AMQPURL()
 	name := testenv.UniqueName("inbox_topo")
-	topo := amqp.Topology{Queue: name, Quorum: true, Exchange: name + "_x", RoutingKeys: []string{"order.*", "refund.#"}}
+	topo := amqp.Topology{Queue: name, Exchange: name + "_x", RoutingKeys: []string{"order.*", "refund.#"}}
 
 	conn, err := amqp091.Dial(url)
 	if err != nil {
@@ -82,9 +82,76 @@ func TestDeclareQuorumQueueWithExchange(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	// Quorum queues, the main one with the default delivery limit.
+	queues := map[string]string{}
+	for _, line := range strings.Split(rabbitmqctl(t, "list_queues", "name", "type", "arguments", "-s"), "\n") {
+		if f := strings.SplitN(line, "\t", 2); len(f) == 2 {
+			queues[f[0]] = f[1]
+		}
+	}
+	if q := queues[name]; !strings.HasPrefix(q, "quorum\t") || !strings.Contains(q, `{"x-delivery-limit",20}`) {
+		t.Errorf("queue %s: %q; want a quorum queue with x-delivery-limit 20", name, q)
+	}
+	if q := queues[name+amqp.DefaultDeadLetterQueueSuffix]; !strings.HasPrefix(q, "quorum\t") || strings.Contains(q, "x-delivery-limit") {
+		t.Errorf("dead-letter queue: %q; want a quorum queue without a delivery limit", q)
+	}
+
 	// Different arguments on an existing queue are refused, not applied.
-	topo.Quorum = false
+	topo.Classic = true
 	if err := amqp.Declare(ctx, url, topo); err == nil || !strings.Contains(err.Error(), "PRECONDITION_FAILED") {
 		t.Fatalf("redeclaring as classic: %v; want PRECONDITION_FAILED", err)
+	}
+	topo.Classic = false
+	topo.DeliveryLimit = 5
+	if err := amqp.Declare(ctx, url, topo); err == nil || !strings.Contains(err.Error(), "Topology.DeliveryLimit") {
+		t.Fatalf("redeclaring with another delivery limit: %v; want an error that names Topology.DeliveryLimit", err)
+	}
+}
+
+// TestDeclareOverAnExistingClassicQueue: queues that Topology declared
+// before quorum became its default are classic. Declaring them with the
+// defaults is refused with an error that says what to do, and Classic
+// declares them as they are.
+func TestDeclareOverAnExistingClassicQueue(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url := testenv.AMQPURL()
+	name := testenv.UniqueName("inbox_topo")
+	t.Cleanup(func() {
+		deleteTopology(t, url, []string{name, name + amqp.DefaultDeadLetterQueueSuffix}, []string{name + amqp.DefaultDeadLetterExchangeSuffix})
+	})
+	// What Topology declared before: classic queues without a type argument.
+	conn, err := amqp091.Dial(url)
+	if err != nil {
+		t.Fatalf("RabbitMQ at INBOX_AMQP_URL does not answer: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dlx := name + amqp.DefaultDeadLetterExchangeSuffix
+	if err := ch.ExchangeDeclare(dlx, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []struct {
+		name string
+		args amqp091.Table
+	}{
+		{name + amqp.DefaultDeadLetterQueueSuffix, nil},
+		{name, amqp091.Table{"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": name + amqp.DefaultDeadLetterQueueSuffix}},
+	} {
+		if _, err := ch.QueueDeclare(q.name, true, false, false, false, q.args); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	err = amqp.Declare(ctx, url, amqp.Topology{Queue: name})
+	if err == nil || !strings.Contains(err.Error(), "PRECONDITION_FAILED") || !strings.Contains(err.Error(), "set Classic to keep a classic queue") {
+		t.Fatalf("declaring quorum over classic: %v; want PRECONDITION_FAILED that names Topology.Classic", err)
+	}
+	if err := amqp.Declare(ctx, url, amqp.Topology{Queue: name, Classic: true}); err != nil {
+		t.Fatalf("declaring with Classic over the classic queues: %v", err)
 	}
 }

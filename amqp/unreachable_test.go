@@ -77,11 +77,17 @@ func TestUnresponsiveBroker(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- rcv.Run(ctx) }()
 
-	time.Sleep(50 * time.Millisecond)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "receiver starting") {
+		if time.Now().After(deadline) {
+			t.Fatal("the first Run did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := rcv.Run(ctx); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Fatalf("a second Run returned %v; want already running", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for rcv.Stats().Reconnects < 2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reconnects after hung handshakes; logs:\n%s", logs.String())

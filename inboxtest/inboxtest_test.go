@@ -209,6 +209,44 @@ func TestWaitHandledReportsDeadAndTimeout(t *testing.T) {
 	}
 }
 
+// TestWaitHandledSkipsDuplicates: a message the worker marks done as a
+// duplicate (its sequence was already applied) was not handled, so it must
+// not count towards WaitHandled.
+func TestWaitHandledSkipsDuplicates(t *testing.T) {
+	t.Parallel()
+	env := inboxtest.Setup(t)
+	ctx := context.Background()
+	in := env.NewInbox(inbox.Config{})
+	var mu sync.Mutex
+	var handled []string
+	in.Handle("t", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled = append(handled, m.ID)
+		return nil
+	})
+	// Two IDs with the same position in one stream: both are stored, one
+	// is handled and the other marked done as a duplicate.
+	if _, err := in.Store(ctx, inbox.Message{ID: "a", Topic: "t", Stream: "s", Seq: 1}, inbox.Message{ID: "b", Topic: "t", Stream: "s", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	inboxtest.Start(t, in)
+	inboxtest.WaitFor(t, env.Pool, env.Schema, 10*time.Second, func(c inboxtest.Counts) bool { return c.Done == 2 })
+	if c := env.Counts(); c.Duplicates != 1 || c.Handled() != 1 {
+		t.Fatalf("counts %+v: want 1 handled and 1 duplicate", c)
+	}
+	msg := fails(t, func(tb testing.TB) { inboxtest.WaitHandled(tb, env.Pool, env.Schema, 2, 300*time.Millisecond) })
+	if !strings.Contains(msg, "timed out") {
+		t.Fatalf("WaitHandled(2) with one handled and one duplicate: %q; want a timeout", msg)
+	}
+	env.WaitHandled(1, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != 1 {
+		t.Fatalf("handled %v", handled)
+	}
+}
+
 func TestUniqueName(t *testing.T) {
 	t.Parallel()
 	ident := regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)

@@ -120,7 +120,7 @@ func (e *Env) NewInbox(cfg inbox.Config) *inbox.Inbox {
 	return in
 }
 
-// WaitHandled waits until n messages of the Env's inbox are done; see the
+// WaitHandled waits until n messages of the Env's inbox are handled; see the
 // package function WaitHandled.
 func (e *Env) WaitHandled(n int, timeout time.Duration) {
 	e.T.Helper()

@@ -22,14 +22,29 @@ type Querier interface {
 // Counts is how many messages of an inbox are in each state.
 type Counts struct {
 	Pending, Done, Dead int
+	// Duplicates counts the done messages that no handler ran for: a worker
+	// marked them done because their stream had already applied their
+	// sequence number. Done includes them.
+	Duplicates int
 }
 
 // Total is the number of stored messages.
 func (c Counts) Total() int { return c.Pending + c.Done + c.Dead }
 
+// Handled is the number of done messages whose handler committed.
+func (c Counts) Handled() int { return c.Done - c.Duplicates }
+
 func (c Counts) String() string {
-	return fmt.Sprintf("%d pending, %d done, %d dead", c.Pending, c.Done, c.Dead)
+	s := fmt.Sprintf("%d pending, %d done, %d dead", c.Pending, c.Done, c.Dead)
+	if c.Duplicates > 0 {
+		s += fmt.Sprintf(" (%d of the done are duplicates)", c.Duplicates)
+	}
+	return s
 }
+
+// duplicateError starts the last_error of a message that a worker marked
+// done without running its handler.
+const duplicateError = "duplicate:"
 
 // CountMessages returns how many messages of the inbox in schema are in
 // each state. Rows removed by retention are not counted.
@@ -47,8 +62,9 @@ func countMessages(ctx context.Context, db Querier, schema string) (Counts, erro
 	defer cancel()
 	var c Counts
 	err := db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'pending'),
-		count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'dead')
-		FROM `+pgx.Identifier{schema, "inbox_messages"}.Sanitize()).Scan(&c.Pending, &c.Done, &c.Dead)
+		count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'dead'),
+		count(*) FILTER (WHERE state = 'done' AND starts_with(last_error, $1))
+		FROM `+pgx.Identifier{schema, "inbox_messages"}.Sanitize(), duplicateError).Scan(&c.Pending, &c.Done, &c.Dead, &c.Duplicates)
 	if err != nil {
 		return Counts{}, fmt.Errorf("count messages in %s: %w", schema, err)
 	}
@@ -56,7 +72,8 @@ func countMessages(ctx context.Context, db Querier, schema string) (Counts, erro
 }
 
 // WaitHandled waits until at least n messages of the inbox in schema are
-// done, and fails the test if that takes longer than timeout or if a
+// handled (done by their handler: messages marked done as duplicates do not
+// count), and fails the test if that takes longer than timeout or if a
 // message goes dead meanwhile (a test that expects dead messages uses
 // WaitFor). The failure names the messages still pending or dead, with
 // their last errors.
@@ -72,7 +89,7 @@ func WaitHandled(t testing.TB, db Querier, schema string, n int, timeout time.Du
 		if c.Dead > 0 {
 			return false, fmt.Errorf("%d message(s) went dead", c.Dead)
 		}
-		return c.Done >= n, nil
+		return c.Handled() >= n, nil
 	})
 	if err != nil {
 		t.Fatalf("inboxtest: waiting for %d handled messages in %s (%s): %v%s", n, schema, last, err, unfinished(db, schema))

@@ -95,15 +95,20 @@ func (s *service) waitSettled(ctx context.Context, n int) error {
 // message_id (the dedup key), the topic as type, and the order ID and
 // event number in the headers the receiver reads by default.
 func publishing(d delivery) amqp091.Publishing {
-	return amqp091.Publishing{
+	p := amqp091.Publishing{
 		MessageId:    d.msg.ID,
 		Type:         d.msg.Topic,
 		ContentType:  "application/json",
 		DeliveryMode: amqp091.Persistent,
-		Headers: amqp091.Table{
+		Body:         d.msg.Body,
+	}
+	// Only an ordered event carries the stream headers: an empty stream key
+	// beside a sequence number is rejected as a bad stream key.
+	if d.msg.Stream != "" {
+		p.Headers = amqp091.Table{
 			amqp.DefaultStreamHeader:   d.msg.Stream,
 			amqp.DefaultSequenceHeader: d.msg.Seq,
-		},
-		Body: d.msg.Body,
+		}
 	}
+	return p
 }
