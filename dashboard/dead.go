@@ -58,7 +58,9 @@ func (f deadFilter) values(withGroup bool) url.Values {
 }
 
 // Active tells whether any filter is set, for the page's wording.
-func (f deadFilter) Active() bool { return f.Topic != "" || f.Error != "" || f.Since != "" || f.Until != "" }
+func (f deadFilter) Active() bool {
+	return f.Topic != "" || f.Error != "" || f.Since != "" || f.Until != ""
+}
 
 type deadData struct {
 	Filter   deadFilter
