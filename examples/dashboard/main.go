@@ -92,10 +92,6 @@ func run(ctx context.Context, s settings, ln net.Listener) error {
 	}
 	defer in.Stop(context.Background())
 
-	ui, err := dashboard.New(in, dashboard.Options{Prefix: "/ops/inbox"})
-	if err != nil {
-		return err
-	}
 	mux := http.NewServeMux()
 	// The service's own routes...
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
@@ -110,6 +106,10 @@ func run(ctx context.Context, s settings, ln net.Listener) error {
 	})
 	// ...and the dashboard under its prefix, behind the service's
 	// authentication.
+	ui, err := dashboard.New(in, dashboard.Options{Prefix: "/ops/inbox"})
+	if err != nil {
+		return err
+	}
 	mux.Handle("/ops/inbox/", basicAuth(s.user, s.password, ui))
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
