@@ -28,15 +28,18 @@ func parsePages() (map[string]*template.Template, error) {
 }
 
 var funcs = template.FuncMap{
-	"num":      func(n any) string { return num(toInt64(n)) },
-	"pair":     func(p page, list []inbox.StreamInfo) streamTable { return streamTable{Page: p, List: list} },
-	"stat":     func(n int64) string { return capped(n, inbox.StatsCountLimit) },
-	"pending":  func(n int) string { return capped(int64(n), inbox.StreamPendingLimit) },
-	"dur":      dur,
-	"ago":      ago,
-	"when":     when,
-	"short":    short,
-	"seqRange": seqRange,
+	"num":          func(n any) string { return num(toInt64(n)) },
+	"pair":         func(p page, list []inbox.StreamInfo) streamTable { return streamTable{Page: p, List: list} },
+	"stat":         func(n int64) string { return capped(n, inbox.StatsCountLimit) },
+	"pending":      func(n int) string { return capped(int64(n), inbox.StreamPendingLimit) },
+	"statsLimit":   func() int64 { return inbox.StatsCountLimit },
+	"activityScan": func() int64 { return inbox.ActivityScan },
+	"bodyPreview":  func() int64 { return BodyPreviewBytes },
+	"dur":          dur,
+	"ago":          ago,
+	"when":         when,
+	"short":        short,
+	"seqRange":     seqRange,
 	// Query strings are built here, escaped by url.Values, and marked as
 	// such so that the template does not escape them a second time.
 	"query": func(v url.Values) template.URL { return template.URL(v.Encode()) },

@@ -25,7 +25,7 @@
   }
   function tick() {
     if (paused || document.hidden || busy()) { setTimeout(tick, every); return; }
-    fetch(location.href, { credentials: "same-origin", headers: { "X-Dashboard-Refresh": "1" } })
+    fetch(location.href, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
         if (html === null || busy()) return;
