@@ -9,7 +9,7 @@ GO ?= go
 # inboxtest module's tests use them too instead of starting containers.
 export INBOX_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
 export INBOX_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
-MODULES := . $(wildcard inboxtest bench)
+MODULES := . $(wildcard inboxtest bench dashboard/browsertest)
 # Only test-restarts may restart the services: never while other tests run.
 unexport FAULTS_RESTARTS
 

@@ -82,6 +82,7 @@ Commands:
   streams retry SOURCE STREAM     unpark a stream; its dead message is requeued and runs next
   streams skip SOURCE STREAM      move a stream past the message (or missing sequence
                                   numbers) that blocks it
+  ui [--listen ADDR] [--read-only]  serve the web dashboard (default 127.0.0.1:8080)
 
 Filters of dead list, retry and delete:
   --topic T  --error TEXT  --since TIME  --until TIME  --limit N  --after ID
@@ -236,6 +237,8 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		return a.dead(ctx, sub, tail(rest))
 	case "streams":
 		return a.streams(ctx, sub, tail(rest))
+	case "ui":
+		return a.ui(ctx, rest)
 	}
 	return usagef("unknown command %q", cmd)
 }
