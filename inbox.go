@@ -38,11 +38,15 @@ type run struct {
 	stopClaiming context.CancelFunc // workers finish their transaction and exit
 	cancelWork   context.CancelFunc // in-flight handlers are cancelled
 	unobserve    func()             // unregisters the backlog gauges
+	inflight     []*inflight        // each worker's running handler
 	done         sync.WaitGroup
 }
 
 // New returns an Inbox on pool. The schema must be migrated (package
-// migrations). pool should have at least Config.Workers+2 connections.
+// migrations). To Start, pool needs at least Config.Workers+1 connections:
+// each worker holds one while it works, and records the start of its
+// handlers' runs on another; Config.Workers+2 leaves room for Store and
+// maintenance.
 func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 	if pool == nil {
 		return nil, errors.New("inbox: New: pool is nil")
@@ -111,6 +115,9 @@ func (in *Inbox) Start(ctx context.Context) error {
 	if len(in.topics()) == 0 {
 		return errors.New("inbox: Start: no handlers registered")
 	}
+	if max := int(in.pool.Config().MaxConns); max < in.cfg.Workers+1 {
+		return fmt.Errorf("inbox: Start: the pool has %d connections; %d workers need at least %d", max, in.cfg.Workers, in.cfg.Workers+1)
+	}
 	if err := in.checkSchema(ctx); err != nil {
 		return err
 	}
@@ -125,7 +132,9 @@ func (in *Inbox) Start(ctx context.Context) error {
 	r := &run{stopClaiming: stopClaiming, cancelWork: cancelWork, unobserve: unobserve}
 	for i := 0; i < in.cfg.Workers; i++ {
 		w := &worker{in: in, id: i}
-		r.goRun(func() { w.run(claimCtx, workCtx) })
+		f := &inflight{}
+		r.inflight = append(r.inflight, f)
+		r.goRun(func() { w.run(claimCtx, withInflight(workCtx, f)) })
 	}
 	if !in.cfg.DisableListen {
 		r.goRun(func() { in.listen(claimCtx) })
@@ -146,8 +155,12 @@ func (r *run) goRun(fn func()) {
 
 // Stop stops claiming new messages and waits for handlers in flight. If ctx
 // ends first, it cancels them: their transactions roll back, their messages
-// stay pending without an attempt counted, and Stop returns ctx's error
-// after every goroutine has exited. Nothing stays claimed.
+// stay pending without an attempt counted, and Stop returns ctx's error at
+// once. Nothing stays claimed: a handler still running then (one that
+// ignores its context) has its claim released by closing its connection's
+// socket, which is logged with the message. Its goroutine is abandoned: it
+// returns when the handler does, and finds its connection gone. Until then
+// it holds that pool connection, so pgxpool's Close waits for it.
 func (in *Inbox) Stop(ctx context.Context) error {
 	in.lifecycle.Lock()
 	defer in.lifecycle.Unlock()
@@ -167,7 +180,12 @@ func (in *Inbox) Stop(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		r.cancelWork()
-		<-exited
+		for _, f := range r.inflight {
+			if m := f.release(); m != nil {
+				in.log.error("inbox: handler still running at Stop's deadline; closed its connection to release its claim",
+					"row_id", m.RowID, "message_id", m.ID, "topic", m.Topic)
+			}
+		}
 		in.log.warn("inbox stopped with handlers cancelled", "reason", ctx.Err())
 		return fmt.Errorf("inbox: stop: handlers cancelled: %w", ctx.Err())
 	}

@@ -114,6 +114,8 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 			return nil
 		case !m.ready || in.handler(m.Topic) == nil:
 			return nil
+		case !res.starts.mayStart(m.RowID):
+			return nil // out of time, or a suspect: it runs in a claim of its own
 		}
 		f, err := in.process(ctx, tx, m.Message, res)
 		if err != nil {
