@@ -30,6 +30,7 @@ func (w *worker) run(claimCtx, workCtx context.Context) {
 	failures := 0
 	for claimCtx.Err() == nil {
 		found, err := w.in.work(claimCtx, workCtx)
+		w.in.hooks.claimed(found, err)
 		if claimCtx.Err() != nil {
 			return
 		}
