@@ -19,8 +19,10 @@ import (
 //
 // A row whose message no live claim holds is a run that never finished: a
 // suspect. Normal claims leave suspects out; a claim takes at most one
-// suspect, alone, so that if it kills the process again nothing else is
-// lost with it. Each run alone that never finishes counts as a death, and
+// suspect, alone, and runs it while no other worker of the Inbox runs a
+// handler (see gate.go), so that if it kills the process again nothing else
+// is lost with it and the death is its own. Each such run that never
+// finishes counts as a death, and
 // after MaxAttempts deaths the message is dead without running again (an
 // ordered one parks its stream, as dead messages do). A death in a batch
 // counts for no one, since nobody can tell which handler caused it.
@@ -145,7 +147,7 @@ func (in *Inbox) candidates(c *claim) []int64 {
 }
 
 // recordStarts writes the attempt starts of c's candidates before any of
-// its handlers runs. A run alone counts a death in advance: the outcome's
+// its handlers runs. A solo run counts a death in advance: the outcome's
 // transaction deletes it if the run finishes.
 func (in *Inbox) recordStarts(ctx context.Context, c *claim) error {
 	st := &c.starts
@@ -163,8 +165,8 @@ func (in *Inbox) recordStarts(ctx context.Context, c *claim) error {
 		return nil
 	}
 	death := 0
-	if len(ids) == 1 {
-		death = 1 // alone, so a death is this handler's
+	if st.solo {
+		death = 1 // alone in the process, so a death is this handler's
 	}
 	rows, err := in.pool.Query(ctx, in.sql.starts.record, ids, death)
 	if err != nil {

@@ -45,7 +45,7 @@ func crashChild(schema, killer string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	cfg.MaxConns = 4
+	cfg.MaxConns = 5
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -53,7 +53,7 @@ func crashChild(schema, killer string) int {
 	}
 	defer pool.Close()
 	q := sqlident.Quote(schema)
-	in, err := inbox.New(pool, inbox.Config{Schema: schema, Workers: 1, BatchSize: 20, MaxAttempts: crashAttempts,
+	in, err := inbox.New(pool, inbox.Config{Schema: schema, Workers: 2, BatchSize: 20, MaxAttempts: crashAttempts,
 		PollInterval: 20 * time.Millisecond, DisableListen: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -23,6 +23,7 @@ type Inbox struct {
 	log  logger
 	sql  queries
 	wake *wakeup
+	gate *gate
 	tel  *telemetry
 
 	mu       sync.RWMutex
@@ -62,6 +63,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 		log:      log,
 		sql:      newQueries(sqlident.Quote(cfg.Schema)),
 		wake:     newWakeup(),
+		gate:     newGate(cfg.Workers),
 		tel:      newTelemetry(cfg, log),
 		handlers: map[string]Handler{},
 	}, nil

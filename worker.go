@@ -121,6 +121,14 @@ func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
+	// Alone, the wait for the other workers is bounded well inside the
+	// claim's server-side idle limit; the gate is released at the latest
+	// when the server would end this claim anyway.
+	leave, err := in.gate.enter(workCtx, c.starts.solo, in.cfg.HandlerTimeout, in.cfg.BatchBudget+in.cfg.claimLimit())
+	if err != nil {
+		return n, fmt.Errorf("wait to run a suspect alone: %w", err)
+	}
+	defer leave()
 	if err := in.recordStarts(workCtx, c); err != nil {
 		return n, err
 	}
