@@ -15,7 +15,8 @@ import (
 // batch-mates down each time. So before a claim runs its handlers, the
 // worker records that their runs have started, in inbox_attempt_starts, in
 // one statement on another connection, where it survives the claim. The
-// transaction that records the outcomes deletes those rows.
+// transaction that records the outcomes deletes those rows. (That other
+// connection is the Inbox's own, see sideconn.go.)
 //
 // A row whose message no live claim holds is a run that never finished: a
 // suspect. Normal claims leave suspects out; a claim takes at most one
@@ -168,11 +169,14 @@ func (in *Inbox) recordStarts(ctx context.Context, c *claim) error {
 	if st.solo {
 		death = 1 // alone in the process, so a death is this handler's
 	}
-	rows, err := in.pool.Query(ctx, in.sql.starts.record, ids, death)
-	if err != nil {
-		return fmt.Errorf("record attempt starts: %w", err)
-	}
-	prior, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	var prior []int64
+	err := in.side.do(ctx, func(conn *pgx.Conn) error {
+		rows, err := conn.Query(ctx, in.sql.starts.record, ids, death)
+		if err == nil {
+			prior, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("record attempt starts: %w", err)
 	}
@@ -216,7 +220,11 @@ func (in *Inbox) forgetStarts(st *starts) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := in.pool.Exec(ctx, in.sql.starts.forget, st.forget); err != nil {
+	err := in.side.do(ctx, func(conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, in.sql.starts.forget, st.forget)
+		return err
+	})
+	if err != nil {
 		// They stay suspects: each runs alone once, then all is as before.
 		in.log.warn("inbox: could not clear attempt starts of an abandoned claim", "messages", len(st.forget), "error", err)
 	}

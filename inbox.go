@@ -24,6 +24,7 @@ type Inbox struct {
 	sql  queries
 	wake *wakeup
 	gate *gate
+	side *sideConn
 	tel  *telemetry
 
 	mu       sync.RWMutex
@@ -44,10 +45,9 @@ type run struct {
 }
 
 // New returns an Inbox on pool. The schema must be migrated (package
-// migrations). To Start, pool needs at least Config.Workers+1 connections:
-// each worker holds one while it works, and records the start of its
-// handlers' runs on another; Config.Workers+2 leaves room for Store and
-// maintenance.
+// migrations). pool should have at least Config.Workers+2 connections. A
+// started Inbox also opens two connections of its own, with the pool's
+// settings: one to LISTEN, one to record the start of handler runs.
 func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 	if pool == nil {
 		return nil, errors.New("inbox: New: pool is nil")
@@ -64,6 +64,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 		sql:      newQueries(sqlident.Quote(cfg.Schema)),
 		wake:     newWakeup(),
 		gate:     newGate(cfg.Workers),
+		side:     &sideConn{cfg: pool.Config().ConnConfig.Copy()},
 		tel:      newTelemetry(cfg, log),
 		handlers: map[string]Handler{},
 	}, nil
@@ -117,9 +118,6 @@ func (in *Inbox) Start(ctx context.Context) error {
 	if len(in.topics()) == 0 {
 		return errors.New("inbox: Start: no handlers registered")
 	}
-	if max := int(in.pool.Config().MaxConns); max < in.cfg.Workers+1 {
-		return fmt.Errorf("inbox: Start: the pool has %d connections; %d workers need at least %d", max, in.cfg.Workers, in.cfg.Workers+1)
-	}
 	if err := in.checkSchema(ctx); err != nil {
 		return err
 	}
@@ -129,6 +127,7 @@ func (in *Inbox) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	in.side.open()
 	claimCtx, stopClaiming := context.WithCancel(context.Background())
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	r := &run{stopClaiming: stopClaiming, cancelWork: cancelWork, unobserve: unobserve}
@@ -178,6 +177,7 @@ func (in *Inbox) Stop(ctx context.Context) error {
 	select {
 	case <-exited:
 		r.cancelWork()
+		in.side.close()
 		in.log.info("inbox stopped")
 		return nil
 	case <-ctx.Done():
@@ -188,6 +188,9 @@ func (in *Inbox) Stop(ctx context.Context) error {
 					"row_id", m.RowID, "message_id", m.ID, "topic", m.Topic)
 			}
 		}
+		// A worker that aborts after this cannot clear its claim's attempt
+		// starts: those messages then run alone once each, later.
+		in.side.close()
 		in.log.warn("inbox stopped with handlers cancelled", "reason", ctx.Err())
 		return fmt.Errorf("inbox: stop: handlers cancelled: %w", ctx.Err())
 	}
