@@ -26,6 +26,7 @@ const (
 	DefaultRetryMax            = 10 * time.Minute
 	DefaultRetryJitter         = 0.5
 	DefaultHandlerTimeout      = 5 * time.Minute
+	DefaultBatchBudget         = time.Second
 	DefaultMaxBodyBytes        = 1 << 20
 	DefaultRetention           = 24 * time.Hour
 	DefaultCleanupBatch        = 1000
@@ -108,8 +109,18 @@ type Config struct {
 	RetryMax     time.Duration
 	RetryJitter  float64
 	// HandlerTimeout bounds one handler run; the handler's context is
-	// cancelled after it. Defaults to DefaultHandlerTimeout.
+	// cancelled after it. The server also ends a claim's session when the
+	// claim stays idle, or one of its statements runs, for HandlerTimeout
+	// plus 5 s: that bounds a handler that ignores its context. Defaults to
+	// DefaultHandlerTimeout.
 	HandlerTimeout time.Duration
+	// BatchBudget bounds how long a worker keeps starting handlers in one
+	// claim: once it is spent, the worker commits what is done and the
+	// messages it has not started go back to pending, for any worker to
+	// claim. A claim's transaction, and the locks it holds on its messages
+	// and streams, thus lasts at most BatchBudget plus one handler run.
+	// Defaults to DefaultBatchBudget.
+	BatchBudget time.Duration
 
 	// MaxBodyBytes rejects larger bodies at Store. Defaults to
 	// DefaultMaxBodyBytes.
@@ -166,6 +177,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.RetryMax, DefaultRetryMax)
 	setDefault(&c.RetryJitter, DefaultRetryJitter)
 	setDefault(&c.HandlerTimeout, DefaultHandlerTimeout)
+	setDefault(&c.BatchBudget, DefaultBatchBudget)
 	setDefault(&c.MaxBodyBytes, DefaultMaxBodyBytes)
 	setDefault(&c.Retention, DefaultRetention)
 	setDefault(&c.CleanupBatch, DefaultCleanupBatch)
@@ -214,6 +226,7 @@ func (c Config) validate() error {
 		{"RetryInitial", c.RetryInitial > 0},
 		{"RetryMax", c.RetryMax >= c.RetryInitial},
 		{"HandlerTimeout", c.HandlerTimeout > 0},
+		{"BatchBudget", c.BatchBudget > 0},
 		{"MaxBodyBytes", c.MaxBodyBytes > 0},
 		{"Retention", c.Retention > 0},
 		{"CleanupBatch", c.CleanupBatch > 0},

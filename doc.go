@@ -24,8 +24,16 @@
 //     n has committed. A missing sequence number is waited for, not skipped
 //     silently ([GapPolicy]). Different streams run in parallel.
 //   - Bounded stuck time: a worker's claim is a row lock of its transaction,
-//     released by PostgreSQL as soon as a dead worker's connection closes;
-//     a hung handler is cancelled after [Config.HandlerTimeout].
+//     released by PostgreSQL as soon as a dead worker's connection closes.
+//     A hung handler's context is cancelled after [Config.HandlerTimeout],
+//     and the server ends a claim idle for HandlerTimeout plus 5 s (TCP
+//     keepalives end that of a vanished client in about a minute). A claim
+//     starts no handler after [Config.BatchBudget]. [Inbox.Stop] returns by
+//     its context's deadline whatever a handler does.
+//   - A handler that kills the process (os.Exit, a fatal error, an OOM
+//     kill) does not loop: the start of each run is recorded outside the
+//     claim, a run that never finished makes its message run alone, and
+//     after [Config.MaxAttempts] such runs it is dead.
 //   - Bad input gets a clear fate: a message without an ID, with a bad
 //     sequence number or too large a body is refused with a reason
 //     ([InvalidMessageError]; the receiver rejects it to the queue's
@@ -83,7 +91,9 @@
 // handler must not Commit or Roll back the transaction (both return
 // [ErrTxOwned]); several messages may share one database transaction, each
 // handler's writes in a savepoint of their own. The handler's context ends
-// after [Config.HandlerTimeout] or when [Inbox.Stop] gives up waiting.
+// after [Config.HandlerTimeout] or when [Inbox.Stop] gives up waiting; a
+// handler that ignores it loses its claim (the server ends the session, or
+// Stop closes its connection) and is not waited for.
 // [Middleware], set in [Config.Middleware] or per topic, wraps handlers for
 // logging, metrics or tracing.
 //

@@ -7,6 +7,9 @@ import "time"
 // SetPreCommitHook runs fn in each worker just before it commits a batch.
 func (in *Inbox) SetPreCommitHook(fn func()) { in.hooks.onPreCommit = fn }
 
+// SetClaimHook reports the outcome of each worker's claim-and-work round.
+func (in *Inbox) SetClaimHook(fn func(found int, err error)) { in.hooks.onClaimed = fn }
+
 // SetListenHook reports the backend PID of the LISTEN connection.
 func (in *Inbox) SetListenHook(fn func(pid uint32)) { in.hooks.onListen = fn }
 

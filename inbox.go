@@ -23,6 +23,8 @@ type Inbox struct {
 	log  logger
 	sql  queries
 	wake *wakeup
+	gate *gate
+	side *sideConn
 	tel  *telemetry
 
 	mu       sync.RWMutex
@@ -40,11 +42,14 @@ type run struct {
 	stopClaiming context.CancelFunc // workers finish their transaction and exit
 	cancelWork   context.CancelFunc // in-flight handlers are cancelled
 	unobserve    func()             // unregisters the backlog gauges
+	inflight     []*inflight        // each worker's running handler
 	done         sync.WaitGroup
 }
 
 // New returns an Inbox on pool. The schema must be migrated (package
-// migrations). pool should have at least Config.Workers+2 connections.
+// migrations). pool should have at least Config.Workers+2 connections. A
+// started Inbox also opens two connections of its own, with the pool's
+// settings: one to LISTEN, one to record the start of handler runs.
 func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 	if pool == nil {
 		return nil, errors.New("inbox: New: pool is nil")
@@ -60,6 +65,8 @@ func New(pool *pgxpool.Pool, cfg Config) (*Inbox, error) {
 		log:      log,
 		sql:      newQueries(sqlident.Quote(cfg.Schema)),
 		wake:     newWakeup(),
+		gate:     newGate(cfg.Workers),
+		side:     &sideConn{cfg: pool.Config().ConnConfig.Copy()},
 		tel:      newTelemetry(cfg, log),
 		handlers: map[string]Handler{},
 	}, nil
@@ -122,12 +129,15 @@ func (in *Inbox) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	in.side.open()
 	claimCtx, stopClaiming := context.WithCancel(context.Background())
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	r := &run{stopClaiming: stopClaiming, cancelWork: cancelWork, unobserve: unobserve}
 	for i := 0; i < in.cfg.Workers; i++ {
 		w := &worker{in: in, id: i}
-		r.goRun(func() { w.run(claimCtx, workCtx) })
+		f := &inflight{}
+		r.inflight = append(r.inflight, f)
+		r.goRun(func() { w.run(claimCtx, withInflight(workCtx, f)) })
 	}
 	if !in.cfg.DisableListen {
 		r.goRun(func() { in.listen(claimCtx) })
@@ -148,8 +158,12 @@ func (r *run) goRun(fn func()) {
 
 // Stop stops claiming new messages and waits for handlers in flight. If ctx
 // ends first, it cancels them: their transactions roll back, their messages
-// stay pending without an attempt counted, and Stop returns ctx's error
-// after every goroutine has exited. Nothing stays claimed.
+// stay pending without an attempt counted, and Stop returns ctx's error at
+// once. Nothing stays claimed: a handler still running then (one that
+// ignores its context) has its claim released by closing its connection's
+// socket, which is logged with the message. Its goroutine is abandoned: it
+// returns when the handler does, and finds its connection gone. Until then
+// it holds that pool connection, so pgxpool's Close waits for it.
 func (in *Inbox) Stop(ctx context.Context) error {
 	in.lifecycle.Lock()
 	defer in.lifecycle.Unlock()
@@ -165,11 +179,20 @@ func (in *Inbox) Stop(ctx context.Context) error {
 	select {
 	case <-exited:
 		r.cancelWork()
+		in.side.close()
 		in.log.info("inbox stopped")
 		return nil
 	case <-ctx.Done():
 		r.cancelWork()
-		<-exited
+		for _, f := range r.inflight {
+			if m := f.release(); m != nil {
+				in.log.error("inbox: handler still running at Stop's deadline; closed its connection to release its claim",
+					"row_id", m.RowID, "message_id", m.ID, "topic", m.Topic)
+			}
+		}
+		// A worker that aborts after this cannot clear its claim's attempt
+		// starts: those messages then run alone once each, later.
+		in.side.close()
 		in.log.warn("inbox stopped with handlers cancelled", "reason", ctx.Err())
 		return fmt.Errorf("inbox: stop: handlers cancelled: %w", ctx.Err())
 	}

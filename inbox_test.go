@@ -42,9 +42,16 @@ func TestDuplicatesReachHandlerOnce(t *testing.T) {
 	if err != nil || res.Duplicates != 10 {
 		t.Fatalf("store after processing: %+v, %v", res, err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if n := b.count(`SELECT count(*) FROM ` + b.q + `.effects`); n != 100 {
-		t.Fatalf("effects = %d, want 100", n)
+	// A new message stored after them, once handled with nothing pending,
+	// shows that any row the duplicates had wrongly created would have run.
+	if _, err := in.Store(b.ctx, msgs("t", 1, "after")...); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor("the later message handled and nothing pending", 30*time.Second, func() bool {
+		return b.count(`SELECT count(*) FROM `+b.q+`.inbox_messages WHERE state = 'pending' OR message_id = 'after-0' AND state <> 'done'`) == 0
+	})
+	if n := b.count(`SELECT count(*) FROM ` + b.q + `.effects`); n != 101 {
+		t.Fatalf("effects = %d, want 101", n)
 	}
 	for _, m := range first {
 		if c := calls.get(m.ID); c != 1 {

@@ -29,6 +29,10 @@ type Message struct {
 	// RowID is the inbox row's internal id, as shown by the operations tools.
 	// Set for handlers.
 	RowID int64
+
+	// deaths counts the runs of this message, alone in their claim, during
+	// which the process died (see attempts.go).
+	deaths int
 }
 
 // StoreResult tells which of the messages given to Store were new.

@@ -120,7 +120,7 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 		case m.Seq < s.nextSeq && m.outOfOrder:
 			// The operator's choice: it runs, and the watermark stays. A
 			// failure does not park the stream, which has moved on.
-			if m.ready && in.handler(m.Topic) != nil {
+			if m.ready && in.handler(m.Topic) != nil && res.starts.mayStart(m.RowID) {
 				if _, err := in.process(ctx, tx, m.Message, res); err != nil {
 					return err
 				}
@@ -146,6 +146,8 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 			s.parkReason = fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, f.err)
 			s.parkedMessage = m.RowID
 			return nil
+		case !res.starts.mayStart(m.RowID):
+			return nil // out of time, or a suspect: it runs in a claim of its own
 		}
 		f, err := in.process(ctx, tx, m.Message, res)
 		if err != nil {

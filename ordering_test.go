@@ -99,7 +99,9 @@ func TestGapWaitsThenLateMessageResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitState("done", 1, 10*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	// One Store stored 1, 3 and 4 together, so the claim that handled 1 saw
+	// 3 and 4 and decided on them before it committed; while 2 is missing,
+	// no later claim takes the stream.
 	if n := b.count(`SELECT count(*) FROM ` + b.q + `.effects`); n != 1 {
 		t.Fatalf("effects = %d while seq 2 is missing, want 1", n)
 	}
@@ -132,7 +134,11 @@ func TestGapPolicies(t *testing.T) {
 			}
 			switch policy {
 			case inbox.GapWait:
-				time.Sleep(time.Second)
+				// The sweep that reports the expired wait is the one that
+				// would have skipped or parked the stream.
+				b.waitFor("the expired wait reported", 10*time.Second, func() bool {
+					return b.count(`SELECT count(*) FROM `+b.q+`.inbox_streams WHERE gap_reported`) == 1
+				})
 				s, err := in.ListStreams(b.ctx, inbox.StreamFilter{Gap: true})
 				if err != nil {
 					t.Fatal(err)
@@ -152,7 +158,10 @@ func TestGapPolicies(t *testing.T) {
 				}
 			case inbox.GapPark:
 				b.waitFor("the stream to park", 10*time.Second, func() bool {
-					s, _ := in.ListStreams(b.ctx, inbox.StreamFilter{Parked: true})
+					s, err := in.ListStreams(b.ctx, inbox.StreamFilter{Parked: true})
+					if err != nil {
+						t.Fatal(err)
+					}
 					return len(s) == 1 && strings.Contains(s[0].ParkedReason, "gap")
 				})
 				if err := in.SkipStream(b.ctx, "", "a"); err != nil {

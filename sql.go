@@ -12,6 +12,7 @@ type queries struct {
 	findGaps, gapStarted, gapReported        string
 	gapSkip, skipStream, park, parkFailed    string
 	markLate                                 string
+	starts                                   startQueries
 }
 
 // lateArrival is the reason a message of alias (with source, stream and
@@ -46,6 +47,8 @@ SET to_seq = excluded.to_seq, how = excluded.how, skipped_at = excluded.skipped_
 func newQueries(quotedSchema string) queries {
 	r := strings.NewReplacer("{schema}", quotedSchema)
 	return queries{
+		starts: newStartQueries(r),
+
 		// One statement, hence atomic without an explicit transaction:
 		// create rows for new streams, then insert the messages not stored
 		// yet. A sequence below its stream's watermark is a duplicate,
@@ -102,6 +105,8 @@ DELETE FROM {schema}.inbox_messages WHERE id IN (
 SELECT id, source, message_id, topic, headers, body, attempts, received_at
 FROM {schema}.inbox_messages
 WHERE state = 'pending' AND stream IS NULL AND run_at <= now() AND topic = ANY($2)
+  AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = inbox_messages.id)
+  AND ` + notSolo + `
 ORDER BY run_at, id
 LIMIT $1
 FOR UPDATE SKIP LOCKED`),
@@ -116,6 +121,8 @@ JOIN {schema}.inbox_streams s
   ON s.source = m.source AND s.stream = m.stream AND m.seq <= s.next_seq
 WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
   AND m.topic = ANY($2) AND s.parked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = m.id)
+  AND ` + notSolo + `
 ORDER BY m.run_at, m.id
 LIMIT $1
 FOR UPDATE OF s SKIP LOCKED`),
@@ -152,10 +159,24 @@ SET attempts = attempts + 1, last_error = $2, state = $3,
     run_at = now() + make_interval(secs => $4)
 WHERE id = $1`),
 
+		// Guarded by the attempt count, so it changes nothing if another
+		// worker has handled the message meanwhile. A dead verdict ($5)
+		// parks the message's stream if it still waits at that sequence.
 		countBrokenAttempt: r.Replace(`
-UPDATE {schema}.inbox_messages
-SET attempts = attempts + 1, last_error = $3, run_at = now() + make_interval(secs => $4)
-WHERE id = $1 AND attempts = $2 AND state = 'pending'`),
+WITH counted AS (
+    UPDATE {schema}.inbox_messages
+    SET attempts = attempts + 1, last_error = $3, run_at = now() + make_interval(secs => $4),
+        state = CASE WHEN $5 THEN 'dead' ELSE state END
+    WHERE id = $1 AND attempts = $2 AND state = 'pending'
+    RETURNING id, source, stream, seq
+),
+parked AS (
+    UPDATE {schema}.inbox_streams s
+    SET parked_at = now(), parked_reason = $6, parked_message_id = c.id, updated_at = now()
+    FROM counted c
+    WHERE $5 AND s.source = c.source AND s.stream = c.stream AND s.next_seq = c.seq
+)
+SELECT count(*) FROM counted`),
 
 		// A gap's clock starts when the watermark reaches it: when the
 		// watermark moved, the gap is a new one (next_seq is the old value).

@@ -5,6 +5,13 @@ package inbox
 type testHooks struct {
 	onListen    func(pid uint32)
 	onPreCommit func()
+	onClaimed   func(found int, err error)
+}
+
+func (h testHooks) claimed(found int, err error) {
+	if h.onClaimed != nil {
+		h.onClaimed(found, err)
+	}
 }
 
 func (h testHooks) beforeCommit() {

@@ -30,6 +30,7 @@ func (w *worker) run(claimCtx, workCtx context.Context) {
 	failures := 0
 	for claimCtx.Err() == nil {
 		found, err := w.in.work(claimCtx, workCtx)
+		w.in.hooks.claimed(found, err)
 		if claimCtx.Err() != nil {
 			return
 		}
@@ -62,6 +63,7 @@ func (w *worker) run(claimCtx, workCtx context.Context) {
 type claim struct {
 	unordered []*Message
 	streams   []*streamWork
+	starts    starts
 	// dbNow is the database's clock at claim time and claimedAt the local
 	// clock at the same moment, for latencies measured on the database's
 	// clock (received_at is set by it).
@@ -71,6 +73,7 @@ type claim struct {
 // results collects the outcome of every message of a claim, applied in one
 // round trip just before commit.
 type results struct {
+	starts     *starts // which handlers may start; its rows are deleted with the outcomes
 	done       []*Message
 	duplicates []int64
 	failed     []failure
@@ -126,24 +129,39 @@ func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	var res results
+	// Alone, the wait for the other workers is bounded well inside the
+	// claim's server-side idle limit; the gate is released at the latest
+	// when the server would end this claim anyway.
+	leave, err := in.gate.enter(workCtx, c.starts.solo, in.cfg.HandlerTimeout, in.cfg.BatchBudget+in.cfg.claimLimit())
+	if err != nil {
+		return n, fmt.Errorf("wait to run a suspect alone: %w", err)
+	}
+	defer leave()
+	if err := in.recordStarts(workCtx, c); err != nil {
+		return n, err
+	}
+	res := results{starts: &c.starts}
 	for _, m := range c.unordered {
+		if !res.starts.mayStart(m.RowID) {
+			break // the rest stay pending, unstarted
+		}
 		if _, err := in.process(workCtx, tx, m, &res); err != nil {
-			return n, in.abort(workCtx, tx, err)
+			return n, in.abort(workCtx, tx, &c.starts, err)
 		}
 	}
 	for _, s := range c.streams {
 		if err := in.processStream(workCtx, tx, s, &res); err != nil {
-			return n, in.abort(workCtx, tx, err)
+			return n, in.abort(workCtx, tx, &c.starts, err)
 		}
 	}
 	if err := in.apply(workCtx, tx, &res); err != nil {
-		return n, in.abort(workCtx, tx, err)
+		return n, in.abort(workCtx, tx, &c.starts, err)
 	}
 	in.hooks.beforeCommit()
 	if err := tx.Commit(workCtx); err != nil {
 		// The outcome is unknown; either way nothing is lost: if the commit
-		// did not happen the messages are still pending.
+		// did not happen the messages are still pending (and suspects, as
+		// their attempt starts stay: each runs alone once).
 		return n, fmt.Errorf("commit batch of %d: %w", n, err)
 	}
 	committed = true
@@ -152,16 +170,48 @@ func (in *Inbox) work(claimCtx, workCtx context.Context) (int, error) {
 	return n, nil
 }
 
+// claim locks what one transaction works on: a suspect alone (see
+// attempts.go), or else a batch of unordered messages and of streams. The
+// same round trip sets the claim's server-side limits (see limits.go).
 func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim, error) {
 	b := &pgx.Batch{}
+	b.Queue(setClaimLimits, in.cfg.claimLimitArg())
+	b.Queue(in.sql.starts.claimSuspect, topics)
+	b.Queue(in.sql.starts.claimSuspectStream, topics)
 	b.Queue(in.sql.claimUnordered, in.cfg.BatchSize, topics)
 	b.Queue(in.sql.claimStreams, in.cfg.StreamsPerClaim, topics)
 	b.Queue("SELECT clock_timestamp()")
 	br := tx.SendBatch(ctx, b)
 	c := &claim{}
-	rows, err := br.Query()
+	_, err := br.Exec()
+	var suspects []*Message
+	var suspectStreams []*streamWork
+	var deaths []int
 	if err == nil {
-		c.unordered, err = pgx.CollectRows(rows, scanUnordered)
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			suspects, err = pgx.CollectRows(rows, scanSuspect)
+		}
+	}
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			var s streamWork
+			var d int
+			var flag bool
+			_, err = pgx.ForEachRow(rows, []any{&s.source, &s.stream, &s.nextSeq, &s.inGap, &d, &flag}, func() error {
+				w := s
+				suspectStreams = append(suspectStreams, &w)
+				deaths = append(deaths, d)
+				return nil
+			})
+		}
+	}
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			c.unordered, err = pgx.CollectRows(rows, scanUnordered)
+		}
 	}
 	if err == nil {
 		c.streams, err = collectStreams(br)
@@ -176,8 +226,25 @@ func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	if err != nil {
 		return nil, fmt.Errorf("claim messages: %w", err)
 	}
+	c.starts.until = c.claimedAt.Add(in.cfg.BatchBudget)
+	if len(suspects)+len(suspectStreams) > 0 {
+		c.starts.solo = true
+		c.starts.deaths = map[int64]int{}
+		c.unordered, c.streams = suspects, suspectStreams
+		for _, m := range suspects {
+			c.starts.deaths[m.RowID] = m.deaths
+		}
+	}
 	if err := in.loadStreams(ctx, tx, c.streams); err != nil {
 		return nil, err
+	}
+	for i, s := range suspectStreams {
+		for _, m := range s.msgs {
+			if m.Seq == s.nextSeq {
+				m.deaths = deaths[i]
+				c.starts.deaths[m.RowID] = deaths[i]
+			}
+		}
 	}
 	return c, nil
 }
@@ -196,11 +263,14 @@ func scanUnordered(row pgx.CollectableRow) (*Message, error) {
 // means the transaction is unusable and the batch must be abandoned.
 func (in *Inbox) process(ctx context.Context, tx pgx.Tx, m *Message, res *results) (*failure, error) {
 	var f failure
-	if m.Attempt > in.cfg.MaxAttempts {
+	switch {
+	case m.deaths >= in.cfg.MaxAttempts:
+		f = failure{msg: m, dead: true, err: diedReason(m.deaths)}
+	case m.Attempt > in.cfg.MaxAttempts:
 		// Earlier attempts broke their transaction (see abort) and were
 		// counted outside it; do not run the handler again.
 		f = failure{msg: m, dead: true, err: fmt.Errorf("exceeded %d attempts", in.cfg.MaxAttempts)}
-	} else {
+	default:
 		herr, err := in.runHandler(ctx, tx, m)
 		if err != nil {
 			return nil, err
@@ -226,7 +296,10 @@ func (in *Inbox) runHandler(ctx context.Context, tx pgx.Tx, m *Message) (herr, e
 	hctx, cancel := context.WithTimeout(ctx, in.cfg.HandlerTimeout)
 	hctx, span := in.tel.startHandler(hctx, m)
 	started := time.Now()
+	slot := inflightOf(ctx)
+	slot.enter(m, tx.Conn().PgConn().Conn())
 	herr = callHandler(hctx, h, htx, m)
+	slot.leave()
 	in.tel.endHandler(hctx, span, m, herr, time.Since(started))
 	cancel()
 	if ctx.Err() != nil {
@@ -288,6 +361,9 @@ func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
 		}
 		b.Queue(in.sql.markLate, ids, reasons)
 	}
+	if res.starts != nil && len(res.starts.forget) > 0 {
+		b.Queue(in.sql.starts.forget, res.starts.forget)
+	}
 	for _, f := range res.failed {
 		state := "pending"
 		if f.dead {
@@ -311,8 +387,12 @@ func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
 // if a handler was running when the transaction broke (a handler
 // timeout cancels the connection, for instance), its attempt is counted in a
 // statement of its own, so a message that always breaks the transaction
-// still ends dead instead of looping forever.
-func (in *Inbox) abort(ctx context.Context, tx pgx.Tx, err error) error {
+// still ends dead instead of looping forever. A dead verdict (a Permanent
+// error, or the last attempt) takes effect there and then, and parks the
+// message's stream.
+func (in *Inbox) abort(ctx context.Context, tx pgx.Tx, st *starts, err error) error {
+	// The process lives, so no run of this claim killed it.
+	in.forgetStarts(st)
 	// Release the claim first: the attempt is counted on the message row,
 	// which this transaction still locks.
 	rollback(tx)
@@ -322,15 +402,25 @@ func (in *Inbox) abort(ctx context.Context, tx pgx.Tx, err error) error {
 	}
 	m := ae.msg
 	f := in.judge(m, ae.err)
+	parkReason := ""
+	if f.dead && m.Stream != "" {
+		parkReason = fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, firstLine(f.err))
+	}
 	recordCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// Guarded by the attempt count: if another worker has handled the
-	// message meanwhile, this changes nothing.
-	tag, rerr := in.pool.Exec(recordCtx, in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds())
-	if rerr != nil {
+	var counted int
+	rerr := in.pool.QueryRow(recordCtx, in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds(), f.dead, parkReason).Scan(&counted)
+	switch {
+	case rerr != nil:
 		in.log.warn("inbox: could not count attempt of message whose transaction broke", "row_id", m.RowID, "error", rerr)
-	} else if tag.RowsAffected() == 1 && !f.dead {
-		// A dead verdict is counted when the next claim buries it.
+	case counted == 1 && f.dead:
+		res := results{failed: []failure{f}}
+		in.report(&res)
+		if parkReason != "" {
+			in.log.warn("inbox: stream parked", "source", m.Source, "stream", m.Stream, "reason", parkReason)
+		}
+		in.tel.committed(&res, time.Time{}, time.Time{})
+	case counted == 1:
 		in.tel.brokenAttempt(m)
 	}
 	return err

@@ -143,13 +143,22 @@ func (r *Receiver) Run(ctx context.Context) error {
 // newBackOff returns a capped exponential backoff without an end. Reset
 // applies initial: a new ExponentialBackOff starts from the library's own
 // default.
-func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
+func newBackOff(initial, maxInterval time.Duration) cappedBackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = initial
 	b.MaxInterval = maxInterval
 	b.MaxElapsedTime = 0
 	b.Reset()
-	return b
+	return cappedBackOff{b}
+}
+
+// cappedBackOff never waits longer than its MaxInterval: backoff/v4 caps
+// the interval before it adds the jitter, so a wait could reach 1.5 times
+// the maximum the configuration promises.
+type cappedBackOff struct{ *backoff.ExponentialBackOff }
+
+func (c cappedBackOff) NextBackOff() time.Duration {
+	return min(c.ExponentialBackOff.NextBackOff(), c.MaxInterval)
 }
 
 // errConsumerCancelled is a basic.cancel from the broker: the queue was
@@ -503,7 +512,7 @@ func (s *session) flush(ctx context.Context) error {
 		deadline = time.Now().Add(cfg.ShutdownTimeout)
 		stop = nil
 	}
-	var retry *backoff.ExponentialBackOff
+	var retry *cappedBackOff
 	for attempt := 1; ; attempt++ {
 		res, err := s.storeOnce(ctx, deadline)
 		if err == nil {
@@ -524,7 +533,8 @@ func (s *session) flush(ctx context.Context) error {
 		}
 		s.r.stats.storeFailures.Add(1)
 		if retry == nil {
-			retry = newBackOff(cfg.StoreRetryInitial, cfg.StoreRetryMax)
+			b := newBackOff(cfg.StoreRetryInitial, cfg.StoreRetryMax)
+			retry = &b
 		}
 		wait := retry.NextBackOff()
 		if !deadline.IsZero() && time.Until(deadline) < wait {

@@ -20,7 +20,10 @@
 //
 // Messages whose ID starts with "fail-" fail permanently and those starting
 // with "panic-" make the handler panic: the suite checks that they end dead
-// and that nothing else is disturbed.
+// and that nothing else is disturbed. Those starting with "exit-" make the
+// process exit at once with status ExitCode, as a Go fatal error or an OOM
+// kill would end it: the suite restarts it and checks that they end dead
+// ("process died during the handler") after MaxAttempts runs alone.
 //
 // SIGTERM or SIGINT stops it gracefully: the receiver stores and acks the
 // batch in hand, then the inbox finishes the handlers in flight.
@@ -48,6 +51,9 @@ import (
 
 // Topic is the ledger's one topic.
 const Topic = "ledger"
+
+// ExitCode is the status the process exits with for "exit-" messages.
+const ExitCode = 7
 
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -139,6 +145,8 @@ func run(ctx context.Context, log *slog.Logger) error {
 			return inbox.Permanent(errors.New("ledger: this message is made to fail"))
 		case strings.HasPrefix(m.ID, "panic-"):
 			panic("ledger: this message is made to panic")
+		case strings.HasPrefix(m.ID, "exit-"):
+			os.Exit(ExitCode)
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO `+effects+` (message_id, stream, seq) VALUES ($1, $2, $3)`,
 			m.ID, m.Stream, m.Seq)

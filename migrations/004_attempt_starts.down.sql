@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS {schema}.inbox_attempt_starts;
