@@ -126,3 +126,15 @@ type PanicError struct {
 func (e *PanicError) Error() string {
 	return fmt.Sprintf("handler panicked: %v\n%s", e.Value, e.Stack)
 }
+
+// firstLine is the first line of err's text, for logs, spans and reasons
+// that must stay one line (a panic's stack follows its first line).
+func firstLine(err error) string {
+	s := err.Error()
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}

@@ -168,8 +168,8 @@ func ExampleJSON() {
 		return
 	}
 	defer in.Stop(ctx)
-	waitState(ctx, in, "done", 1)
-	for _, m := range waitState(ctx, in, "dead", 2) {
+	waitState(ctx, in, inbox.StateDone, 1)
+	for _, m := range waitState(ctx, in, inbox.StateDead, 2) {
 		fmt.Printf("%s dead: %s\n", m.ID, m.LastError)
 	}
 	var status string
@@ -355,7 +355,7 @@ func ExamplePermanent() {
 	defer in.Stop(ctx)
 	fmt.Println(<-ok)
 
-	dead := waitState(ctx, in, "dead", 1)
+	dead := waitState(ctx, in, inbox.StateDead, 1)
 	for _, m := range dead {
 		fmt.Printf("%s is %s after %d attempt: %s\n", m.ID, m.State, m.Attempts, m.LastError)
 	}
@@ -399,7 +399,7 @@ func ExampleInbox_RetryDead() {
 		return
 	}
 	defer in.Stop(ctx)
-	waitState(ctx, in, "dead", 1)
+	waitState(ctx, in, inbox.StateDead, 1)
 
 	close(fixed) // the missing customer has been imported
 	n, err := in.RetryDead(ctx, inbox.MessageFilter{ErrorContains: "customer unknown"})
@@ -449,7 +449,7 @@ func ExampleInbox_SkipStream() {
 	for _, s := range streams {
 		fmt.Printf("%s waits for %d, has %d pending from %d\n", s.Stream, s.NextSeq, s.Pending, s.HeadSeq)
 	}
-	if err := in.SkipStream(ctx, "", "sensor-9"); err != nil {
+	if _, err := in.SkipStream(ctx, "", "sensor-9"); err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -484,7 +484,7 @@ func ExampleChain() {
 }
 
 // waitState polls until n messages are in state and returns them.
-func waitState(ctx context.Context, in *inbox.Inbox, state string, n int) []inbox.MessageInfo {
+func waitState(ctx context.Context, in *inbox.Inbox, state inbox.State, n int) []inbox.MessageInfo {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		msgs, err := in.ListMessages(ctx, inbox.MessageFilter{State: state})
 		if err == nil && len(msgs) >= n {

@@ -101,7 +101,7 @@ func (b *bundle) skipGap(in *inbox.Inbox) {
 // the late-arrival reason, and counted as dead.
 func (b *bundle) checkLate(in *inbox.Inbox) {
 	b.t.Helper()
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestLateArrivalAfterSkipStreamIsDead(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitState("done", 1, 10*time.Second)
-	if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+	if _, err := in.SkipStream(b.ctx, "", "a"); err != nil {
 		t.Fatal(err)
 	}
 	b.waitState("done", 2, 10*time.Second)
@@ -285,7 +285,7 @@ func (b *bundle) skipPoisoned() (*inbox.Inbox, *counter) {
 	}
 	b.start(in)
 	b.waitState("dead", 1, 10*time.Second)
-	if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+	if _, err := in.SkipStream(b.ctx, "", "a"); err != nil {
 		b.t.Fatal(err)
 	}
 	b.waitState("done", 3, 10*time.Second)
@@ -304,7 +304,7 @@ func TestRetryBelowWatermarkIsRefused(t *testing.T) {
 		t.Fatalf("RetryDead = %d, %v; want 1 requeued and seq 2 refused below watermark 4", n, err)
 	}
 	b.waitFor("u to run again", 10*time.Second, func() bool { return calls.get("u") >= 2 })
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil || len(dead) != 1 || dead[0].ID != "a-2" {
 		t.Fatalf("dead after the refused retry = %+v, %v; want a-2 left dead", dead, err)
 	}
@@ -319,7 +319,7 @@ func TestRetryBelowWatermarkIsRefused(t *testing.T) {
 func TestRetryOutOfOrderRunsBelowWatermark(t *testing.T) {
 	b := setup(t)
 	in, calls := b.skipPoisoned()
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil || len(dead) != 1 {
 		t.Fatalf("dead = %+v, %v", dead, err)
 	}
@@ -342,7 +342,7 @@ func TestRetryOutOfOrderRunsBelowWatermark(t *testing.T) {
 		t.Fatalf("watermark %d after the out-of-order run, want 4 (unmoved)", next)
 	}
 	m, err := in.GetMessage(b.ctx, dead[0].RowID)
-	if err != nil || m.State != "done" || !m.OutOfOrder {
+	if err != nil || m.State != inbox.StateDone || !m.OutOfOrder {
 		t.Fatalf("a-2 after its out-of-order run = %+v, %v; want done and marked out of order", m, err)
 	}
 }

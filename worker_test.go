@@ -98,7 +98,7 @@ func TestPermanentErrorGoesDeadAtOnce(t *testing.T) {
 	if calls.Load() != 1 {
 		t.Fatalf("handler calls = %d, want 1", calls.Load())
 	}
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestPanicIsAFailedAttemptWithStack(t *testing.T) {
 	}
 	b.start(in)
 	b.waitState("dead", 1, 30*time.Second)
-	m, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	m, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestMaxAttemptsDeadRequeuedDone(t *testing.T) {
 		t.Fatalf("handler calls = %d, want 3 attempts × 2 messages", calls.Load())
 	}
 	healthy.Store(true)
-	dead, _ := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, _ := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err := in.RetryMessage(b.ctx, dead[0].RowID); err != nil {
 		t.Fatal(err)
 	}

@@ -241,7 +241,7 @@ func (d *dashboard) deadOne(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	m, err := d.in.GetMessage(ctx, id)
-	if err == nil && m.State != "dead" {
+	if err == nil && m.State != inbox.StateDead {
 		err = inbox.ErrNotFound
 	}
 	if err != nil {

@@ -314,16 +314,12 @@ func (a *app) connect(ctx context.Context, needTables bool) error {
 		return err
 	}
 	if needTables {
-		var ok bool
-		err := a.withTimeout(ctx, func(ctx context.Context) error {
-			return pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`,
-				sqlident.Quote(a.opts.schema)+".inbox_messages", sqlident.Quote(a.opts.schema)+".inbox_streams").Scan(&ok)
-		})
+		err := a.withTimeout(ctx, func(ctx context.Context) error { return inbox.CheckSchema(ctx, pool, a.opts.schema) })
+		if errors.Is(err, inbox.ErrNotMigrated) {
+			return fmt.Errorf("schema %q has no inbox tables: run 'inboxctl --schema %s migrate up' first", a.opts.schema, a.opts.schema)
+		}
 		if err != nil {
 			return fmt.Errorf("look up the inbox tables: %w", err)
-		}
-		if !ok {
-			return fmt.Errorf("schema %q has no inbox tables: run 'inboxctl --schema %s migrate up' first", a.opts.schema, a.opts.schema)
 		}
 	}
 	return nil
