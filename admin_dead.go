@@ -13,7 +13,7 @@ import (
 // Operator actions on dead messages: requeue or delete them, one by one,
 // by filter, or by failure group.
 
-// RetryOption changes how RetryDead and RetryMessage requeue.
+// RetryOption changes how RetryDeadMessages and RetryDeadMessage requeue.
 type RetryOption func(*retryOptions)
 
 type retryOptions struct{ outOfOrder bool }
@@ -27,7 +27,7 @@ func OutOfOrder() RetryOption {
 	return func(o *retryOptions) { o.outOfOrder = true }
 }
 
-// RetryDead puts the dead messages matching f (State is ignored) back to
+// RetryDeadMessages puts the dead messages matching f (State is ignored) back to
 // pending with a fresh attempt count, and unparks the streams they parked.
 // It returns how many it requeued.
 //
@@ -36,7 +36,7 @@ func OutOfOrder() RetryOption {
 // sequence) would never run: by default it stays dead, the others are still
 // requeued, and the error is a *BelowWatermarkError listing it (it matches
 // ErrBelowWatermark). With OutOfOrder it is requeued to run out of order.
-func (in *Inbox) RetryDead(ctx context.Context, f MessageFilter, opts ...RetryOption) (int, error) {
+func (in *Inbox) RetryDeadMessages(ctx context.Context, f MessageFilter, opts ...RetryOption) (int, error) {
 	var o retryOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -53,18 +53,18 @@ func (in *Inbox) RetryDead(ctx context.Context, f MessageFilter, opts ...RetryOp
 	return n, err
 }
 
-// RetryMessage requeues one dead message by row ID (see RetryDead).
-func (in *Inbox) RetryMessage(ctx context.Context, rowID int64, opts ...RetryOption) error {
-	n, err := in.RetryDead(ctx, MessageFilter{RowIDs: []int64{rowID}}, opts...)
+// RetryDeadMessage requeues one dead message by row ID (see RetryDeadMessages).
+func (in *Inbox) RetryDeadMessage(ctx context.Context, rowID int64, opts ...RetryOption) error {
+	n, err := in.RetryDeadMessages(ctx, MessageFilter{RowIDs: []int64{rowID}}, opts...)
 	if err == nil && n == 0 {
 		return fmt.Errorf("inbox: dead message %d: %w", rowID, ErrNotFound)
 	}
 	return err
 }
 
-// DeleteDead deletes the dead messages matching f (State is ignored). A
+// DeleteDeadMessages deletes the dead messages matching f (State is ignored). A
 // stream parked on one of them stays parked until skipped.
-func (in *Inbox) DeleteDead(ctx context.Context, f MessageFilter) (int, error) {
+func (in *Inbox) DeleteDeadMessages(ctx context.Context, f MessageFilter) (int, error) {
 	return in.e.onDead(ctx, f, func(ctx context.Context, tx pgx.Tx, ids []int64) (int, error) {
 		_, err := tx.Exec(ctx, in.e.sql.deleteMessages, ids)
 		return len(ids), err
@@ -236,19 +236,19 @@ func (in *Inbox) ListDead(ctx context.Context, q DeadQuery) ([]MessageInfo, erro
 	return list, nil
 }
 
-// RetryDeadGroup requeues every dead message matching q (as RetryDead
+// RetryDeadGroup requeues every dead message matching q (as RetryDeadMessages
 // does), in batches, and returns how many it requeued.
 func (in *Inbox) RetryDeadGroup(ctx context.Context, q DeadQuery) (int, error) {
 	return in.eachDeadBatch(ctx, q, func(ids []int64) (int, error) {
-		return in.RetryDead(ctx, MessageFilter{RowIDs: ids})
+		return in.RetryDeadMessages(ctx, MessageFilter{RowIDs: ids})
 	})
 }
 
-// DeleteDeadGroup deletes every dead message matching q (as DeleteDead
+// DeleteDeadGroup deletes every dead message matching q (as DeleteDeadMessages
 // does), in batches, and returns how many it deleted.
 func (in *Inbox) DeleteDeadGroup(ctx context.Context, q DeadQuery) (int, error) {
 	return in.eachDeadBatch(ctx, q, func(ids []int64) (int, error) {
-		return in.DeleteDead(ctx, MessageFilter{RowIDs: ids})
+		return in.DeleteDeadMessages(ctx, MessageFilter{RowIDs: ids})
 	})
 }
 

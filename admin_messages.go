@@ -20,13 +20,15 @@ var ErrNotFound = errors.New("inbox: not found")
 // MessageInfo describes one stored message, for operators. Body is not
 // included; see Message for that.
 type MessageInfo struct {
-	RowID       int64
-	Source      string
-	ID          string
-	Topic       string
-	Stream      string
-	Seq         int64
-	State       State
+	RowID  int64
+	Source string
+	ID     string
+	Topic  string
+	Stream string
+	Seq    int64
+	State  State
+	// Attempts counts the attempts made so far (reset by a requeue): the
+	// next handler run sees Message.Attempt = Attempts+1.
 	Attempts    int
 	LastError   string
 	Headers     map[string]string
@@ -35,7 +37,7 @@ type MessageInfo struct {
 	RunAt       time.Time
 	ProcessedAt *time.Time
 	// OutOfOrder is set when an operator requeued the message to run below
-	// its stream's watermark (RetryDead with OutOfOrder).
+	// its stream's watermark (RetryDeadMessages with OutOfOrder).
 	OutOfOrder bool
 }
 

@@ -35,6 +35,11 @@ const (
 	DefaultGapTimeout          = time.Minute
 )
 
+// NoJitter, as Config.RetryJitter, makes retry delays exact: the zero
+// value means DefaultRetryJitter, so "none" needs a value of its own (any
+// negative one works).
+const NoJitter = -1.0
+
 // Limits on message fields, so an untrusted publisher cannot make rows huge
 // through the key columns.
 const (
@@ -103,8 +108,9 @@ type Config struct {
 	MaxAttempts int
 	// RetryInitial, RetryMax and RetryJitter shape the exponential backoff
 	// between attempts (doubling from RetryInitial up to RetryMax, each delay
-	// randomised by ±RetryJitter). Default to DefaultRetryInitial,
-	// DefaultRetryMax and DefaultRetryJitter; a negative jitter means none.
+	// randomised by ±RetryJitter, a fraction up to 1). Default to
+	// DefaultRetryInitial, DefaultRetryMax and DefaultRetryJitter. Zero
+	// means the default, so exact delays take NoJitter.
 	RetryInitial time.Duration
 	RetryMax     time.Duration
 	RetryJitter  float64
@@ -143,7 +149,9 @@ type Config struct {
 	MaintenanceInterval time.Duration
 
 	// FirstSeq is the first sequence number of every stream. Defaults to
-	// DefaultFirstSeq.
+	// DefaultFirstSeq. It is a pointer because 0 is a valid first sequence
+	// number while the zero Config must mean the default: for streams that
+	// start at 0, set it to the address of a variable holding 0.
 	FirstSeq *int64
 	// GapTimeout is how long a stream waits for a missing sequence number
 	// before GapPolicy applies. Defaults to DefaultGapTimeout.

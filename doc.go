@@ -120,7 +120,7 @@
 // Skipped sequence numbers ([GapSkip], [Inbox.SkipStream]) are recorded: a
 // message that arrives for one later was never applied, so it is stored
 // dead with the reason "arrived after sequence N was skipped", not taken
-// for a duplicate ([StoreResult.Late]). [Inbox.RetryDead] refuses a message
+// for a duplicate ([StoreResult.Late]). [Inbox.RetryDeadMessages] refuses a message
 // below its stream's watermark ([ErrBelowWatermark]) unless given
 // [OutOfOrder], which runs it once after its successors without moving the
 // watermark. The largest sequence number, math.MaxInt64, is rejected
@@ -129,8 +129,8 @@
 // # Operations
 //
 // [Inbox.ListMessages] and [Inbox.GetMessage] show stored messages, with
-// the last error of failing and dead ones; [Inbox.RetryDead] and
-// [Inbox.RetryMessage] requeue dead messages, [Inbox.DeleteDead] drops them.
+// the last error of failing and dead ones; [Inbox.RetryDeadMessages] and
+// [Inbox.RetryDeadMessage] requeue dead messages, [Inbox.DeleteDeadMessages] drops them.
 // [Inbox.ListStreams] shows streams that wait on a gap or are parked;
 // [Inbox.RetryStream] and [Inbox.SkipStream] unblock them. The same
 // operations are in the inboxctl command (cmd/inboxctl). Metrics and traces

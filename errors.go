@@ -51,7 +51,7 @@ type BelowWatermark struct {
 	Watermark      int64 // the stream's next expected sequence number
 }
 
-// BelowWatermarkError is returned by RetryDead and RetryMessage for the dead
+// BelowWatermarkError is returned by RetryDeadMessages and RetryDeadMessage for the dead
 // messages they left dead because their streams have moved past them:
 // requeued, each would be taken for a duplicate and never handled. The
 // other messages were requeued. OutOfOrder requeues them anyway.

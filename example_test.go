@@ -366,7 +366,7 @@ func ExamplePermanent() {
 
 // After the cause of dead messages is fixed (a bug, a missing row), an
 // operator or a program requeues them with a fresh attempt count.
-func ExampleInbox_RetryDead() {
+func ExampleInbox_RetryDeadMessages() {
 	ctx := context.Background()
 	pool, schema := exampleDB()
 	defer dropSchema(pool, schema)
@@ -402,7 +402,7 @@ func ExampleInbox_RetryDead() {
 	waitState(ctx, in, inbox.StateDead, 1)
 
 	close(fixed) // the missing customer has been imported
-	n, err := in.RetryDead(ctx, inbox.MessageFilter{ErrorContains: "customer unknown"})
+	n, err := in.RetryDeadMessages(ctx, inbox.MessageFilter{ErrorContains: "customer unknown"})
 	fmt.Println("requeued", n, err)
 	fmt.Println("handled", <-handled)
 	// Output:

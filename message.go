@@ -22,7 +22,8 @@ type Message struct {
 	// Body is the payload, up to Config.MaxBodyBytes.
 	Body []byte
 
-	// Attempt is the 1-based number of this handler run. Set for handlers.
+	// Attempt is the 1-based number of this handler run: one more than the
+	// attempts that came before it (MessageInfo.Attempts). Set for handlers.
 	Attempt int
 	// ReceivedAt is when the message was stored. Set for handlers.
 	ReceivedAt time.Time

@@ -297,19 +297,19 @@ func TestRetryBelowWatermarkIsRefused(t *testing.T) {
 	in, calls := b.skipPoisoned()
 	// Another dead message, retryable, in the same bulk retry.
 	b.exec(`UPDATE ` + b.q + `.inbox_messages SET state = 'dead' WHERE message_id = 'u'`)
-	n, err := in.RetryDead(b.ctx, inbox.MessageFilter{})
+	n, err := in.RetryDeadMessages(b.ctx, inbox.MessageFilter{})
 	var below *inbox.BelowWatermarkError
 	if n != 1 || !errors.Is(err, inbox.ErrBelowWatermark) || !errors.As(err, &below) ||
 		len(below.Messages) != 1 || below.Messages[0].Seq != 2 || below.Messages[0].Watermark != 4 {
-		t.Fatalf("RetryDead = %d, %v; want 1 requeued and seq 2 refused below watermark 4", n, err)
+		t.Fatalf("RetryDeadMessages = %d, %v; want 1 requeued and seq 2 refused below watermark 4", n, err)
 	}
 	b.waitFor("u to run again", 10*time.Second, func() bool { return calls.get("u") >= 2 })
 	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil || len(dead) != 1 || dead[0].ID != "a-2" {
 		t.Fatalf("dead after the refused retry = %+v, %v; want a-2 left dead", dead, err)
 	}
-	if err := in.RetryMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrBelowWatermark) {
-		t.Fatalf("RetryMessage below the watermark = %v", err)
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrBelowWatermark) {
+		t.Fatalf("RetryDeadMessage below the watermark = %v", err)
 	}
 	if c := calls.get("a-2"); c != 1 {
 		t.Fatalf("a-2 ran %d times; a refused retry must not run it", c)
@@ -323,7 +323,7 @@ func TestRetryOutOfOrderRunsBelowWatermark(t *testing.T) {
 	if err != nil || len(dead) != 1 {
 		t.Fatalf("dead = %+v, %v", dead, err)
 	}
-	if err := in.RetryMessage(b.ctx, dead[0].RowID, inbox.OutOfOrder()); err != nil {
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID, inbox.OutOfOrder()); err != nil {
 		t.Fatal(err)
 	}
 	b.waitState("done", 4, 10*time.Second)

@@ -155,13 +155,13 @@ func TestMaxAttemptsDeadRequeuedDone(t *testing.T) {
 	}
 	healthy.Store(true)
 	dead, _ := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
-	if err := in.RetryMessage(b.ctx, dead[0].RowID); err != nil {
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := in.RetryDead(b.ctx, inbox.MessageFilter{ErrorContains: "DOWNSTREAM"}); err != nil || n != 1 {
-		t.Fatalf("RetryDead = %d, %v; want 1", n, err)
+	if n, err := in.RetryDeadMessages(b.ctx, inbox.MessageFilter{ErrorContains: "DOWNSTREAM"}); err != nil || n != 1 {
+		t.Fatalf("RetryDeadMessages = %d, %v; want 1", n, err)
 	}
-	if err := in.RetryMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrNotFound) {
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrNotFound) {
 		t.Fatalf("retrying a message that is not dead: %v, want ErrNotFound", err)
 	}
 	b.waitState("done", 2, 30*time.Second)

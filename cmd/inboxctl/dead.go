@@ -305,9 +305,9 @@ func (a *app) deadChange(ctx context.Context, verb string, args []string) error 
 	var refused []inbox.BelowWatermark
 	op := func(ctx context.Context, f inbox.MessageFilter) (int, error) {
 		if verb == "delete" {
-			return a.inbox.DeleteDead(ctx, f)
+			return a.inbox.DeleteDeadMessages(ctx, f)
 		}
-		n, err := a.inbox.RetryDead(ctx, f, opts...)
+		n, err := a.inbox.RetryDeadMessages(ctx, f, opts...)
 		var below *inbox.BelowWatermarkError
 		if errors.As(err, &below) {
 			refused = append(refused, below.Messages...)
