@@ -47,6 +47,24 @@ func exampleDB() (*pgxpool.Pool, string) {
 	return pool, schema
 }
 
+// newExample migrates a fresh schema and returns an Inbox on it with cfg
+// (Schema set), its pool, and done, which drops the schema. Example shows
+// these steps as a service takes them.
+func newExample(cfg inbox.Config) (in *inbox.Inbox, pool *pgxpool.Pool, done func()) {
+	pool, cfg.Schema = exampleDB()
+	done = func() { dropSchema(pool, cfg.Schema) }
+	if _, err := migrations.Up(context.Background(), pool, cfg.Schema); err != nil {
+		done()
+		panic(err)
+	}
+	in, err := inbox.New(pool, cfg)
+	if err != nil {
+		done()
+		panic(err)
+	}
+	return in, pool, done
+}
+
 // dropSchema removes an example's schema and closes its pool.
 func dropSchema(pool *pgxpool.Pool, schema string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -137,19 +155,10 @@ func markPaid(ctx context.Context, tx pgx.Tx, msg *inbox.Message, p OrderPaid) e
 // A typed handler that writes its effect through the inbox's transaction.
 func ExampleJSON() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
+	in, pool, done := newExample(inbox.Config{PollInterval: 50 * time.Millisecond, Logger: quiet})
+	defer done()
 	if _, err := pool.Exec(ctx, `CREATE TABLE orders (id text PRIMARY KEY, status text NOT NULL, paid_cents bigint NOT NULL DEFAULT 0);
 		INSERT INTO orders (id, status) VALUES ('o-1', 'created')`); err != nil {
-		fmt.Println(err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema, PollInterval: 50 * time.Millisecond, Logger: quiet})
-	if err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -189,17 +198,8 @@ func ExampleJSON() {
 // (Source, ID) is already stored, within the batch or before it.
 func ExampleInbox_Store() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	in, _, done := newExample(inbox.Config{})
+	defer done()
 
 	res, err := in.Store(ctx, inbox.Message{ID: "a", Topic: "t"}, inbox.Message{ID: "b", Topic: "t"})
 	fmt.Println(res.New, res.Stored, res.Duplicates, err)
@@ -225,19 +225,10 @@ func ExampleInbox_Store() {
 // handled, only if the caller commits.
 func ExampleInbox_StoreTx() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	in, pool, done := newExample(inbox.Config{})
+	defer done()
 
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		// ... the caller's own writes ...
 		_, err := in.StoreTx(ctx, tx, inbox.Message{ID: "m-1", Topic: "report.requested"})
 		return err
@@ -271,17 +262,8 @@ func ExampleInbox_StoreTx() {
 // number.
 func ExampleMessage_stream() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema, Workers: 4, Logger: quiet})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	in, _, done := newExample(inbox.Config{Workers: 4, Logger: quiet})
+	defer done()
 	handled := make(chan string, 3)
 	in.Handle("order.event", func(ctx context.Context, tx pgx.Tx, msg *inbox.Message) error {
 		handled <- fmt.Sprintf("%s #%d %s", msg.Stream, msg.Seq, msg.Body)
@@ -319,17 +301,8 @@ func ExampleMessage_stream() {
 // replayable.
 func ExamplePermanent() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema, PollInterval: 50 * time.Millisecond, Logger: quiet})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	in, _, done := newExample(inbox.Config{PollInterval: 50 * time.Millisecond, Logger: quiet})
+	defer done()
 	ok := make(chan string)
 	in.Handle("refund", func(ctx context.Context, tx pgx.Tx, msg *inbox.Message) error {
 		switch {
@@ -368,17 +341,8 @@ func ExamplePermanent() {
 // operator or a program requeues them with a fresh attempt count.
 func ExampleInbox_RetryDeadMessages() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema, PollInterval: 50 * time.Millisecond, Logger: quiet})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	in, _, done := newExample(inbox.Config{PollInterval: 50 * time.Millisecond, Logger: quiet})
+	defer done()
 	fixed := make(chan struct{})
 	handled := make(chan string)
 	in.Handle("invoice", func(ctx context.Context, tx pgx.Tx, msg *inbox.Message) error {
@@ -415,17 +379,8 @@ func ExampleInbox_RetryDeadMessages() {
 // can also move it on by hand.
 func ExampleInbox_SkipStream() {
 	ctx := context.Background()
-	pool, schema := exampleDB()
-	defer dropSchema(pool, schema)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		fmt.Println("migrate:", err)
-		return
-	}
-	in, err := inbox.New(pool, inbox.Config{Schema: schema, PollInterval: 50 * time.Millisecond, Logger: quiet})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	in, _, done := newExample(inbox.Config{PollInterval: 50 * time.Millisecond, Logger: quiet})
+	defer done()
 	handled := make(chan int64)
 	in.Handle("reading", func(ctx context.Context, tx pgx.Tx, msg *inbox.Message) error {
 		handled <- msg.Seq

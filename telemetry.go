@@ -82,33 +82,30 @@ func newTelemetry(cfg Config, log logger) *telemetry {
 	t.processed = counter(MetricProcessed, "Messages whose handler committed.")
 	t.retried = counter(MetricRetried, "Failed handler attempts that will be retried.")
 	t.dead = counter(MetricDead, "Messages given up on (dead).")
-	var err error
-	t.handlerDuration, err = t.meter.Float64Histogram(MetricHandlerDuration,
-		metric.WithDescription("Duration of handler runs."), metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(handlerBuckets...))
-	errs = append(errs, err)
-	t.latency, err = t.meter.Float64Histogram(MetricLatency,
-		metric.WithDescription("Time from storing a message to the commit of its handler."), metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(latencyBuckets...))
-	errs = append(errs, err)
-	t.backlog, err = t.meter.Int64ObservableGauge(MetricBacklog,
-		metric.WithDescription("Pending messages per topic (due now or scheduled for a retry)."), metric.WithUnit("{message}"))
-	errs = append(errs, err)
-	t.unhandled, err = t.meter.Int64ObservableGauge(MetricUnhandledBacklog,
-		metric.WithDescription("Pending messages per topic that this inbox has no handler for."), metric.WithUnit("{message}"))
-	errs = append(errs, err)
-	t.oldestAge, err = t.meter.Float64ObservableGauge(MetricOldestPendingAge,
-		metric.WithDescription("Age of the oldest pending message per topic."), metric.WithUnit("s"))
-	errs = append(errs, err)
-	t.parked, err = t.meter.Int64ObservableGauge(MetricStreamsParked,
-		metric.WithDescription("Parked streams."), metric.WithUnit("{stream}"))
-	errs = append(errs, err)
-	t.inGap, err = t.meter.Int64ObservableGauge(MetricStreamsGap,
-		metric.WithDescription("Streams waiting for a missing sequence number."), metric.WithUnit("{stream}"))
-	errs = append(errs, err)
-	t.maxLag, err = t.meter.Float64ObservableGauge(MetricStreamsMaxLag,
-		metric.WithDescription("How long the longest-waiting due message of any stream has been due."), metric.WithUnit("s"))
-	errs = append(errs, err)
+	histogram := func(name, desc string, buckets []float64) metric.Float64Histogram {
+		h, err := t.meter.Float64Histogram(name, metric.WithDescription(desc), metric.WithUnit("s"),
+			metric.WithExplicitBucketBoundaries(buckets...))
+		errs = append(errs, err)
+		return h
+	}
+	intGauge := func(name, desc, unit string) metric.Int64ObservableGauge {
+		g, err := t.meter.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
+		errs = append(errs, err)
+		return g
+	}
+	secondsGauge := func(name, desc string) metric.Float64ObservableGauge {
+		g, err := t.meter.Float64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit("s"))
+		errs = append(errs, err)
+		return g
+	}
+	t.handlerDuration = histogram(MetricHandlerDuration, "Duration of handler runs.", handlerBuckets)
+	t.latency = histogram(MetricLatency, "Time from storing a message to the commit of its handler.", latencyBuckets)
+	t.backlog = intGauge(MetricBacklog, "Pending messages per topic (due now or scheduled for a retry).", "{message}")
+	t.unhandled = intGauge(MetricUnhandledBacklog, "Pending messages per topic that this inbox has no handler for.", "{message}")
+	t.oldestAge = secondsGauge(MetricOldestPendingAge, "Age of the oldest pending message per topic.")
+	t.parked = intGauge(MetricStreamsParked, "Parked streams.", "{stream}")
+	t.inGap = intGauge(MetricStreamsGap, "Streams waiting for a missing sequence number.", "{stream}")
+	t.maxLag = secondsGauge(MetricStreamsMaxLag, "How long the longest-waiting due message of any stream has been due.")
 	t.schemaAttrs = attribute.NewSet(attribute.String(AttrSchema, cfg.Schema))
 	if err := errors.Join(errs...); err != nil {
 		log.warn("inbox: some metric instruments could not be created; they report nothing", "error", err)

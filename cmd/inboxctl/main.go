@@ -46,12 +46,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/inboxkit/inbox"
+	"github.com/inboxkit/inbox/internal/devenv"
 	"github.com/inboxkit/inbox/internal/sqlident"
 )
 
 // defaultURL is the database of a development machine, as in the rest of
-// the project's documentation.
-const defaultURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+// the repository.
+const defaultURL = devenv.DefaultPostgresURL
 
 // Exit statuses.
 const (

@@ -28,6 +28,7 @@ import (
 
 	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/amqp"
+	"github.com/inboxkit/inbox/internal/devenv"
 	"github.com/inboxkit/inbox/migrations"
 )
 
@@ -37,8 +38,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
-		amqpURL:     envOr("INBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		postgresURL: devenv.PostgresURL(),
+		amqpURL:     devenv.AMQPURL(),
 		schema:      "inbox_minimal",
 		queue:       "greetings",
 	})
@@ -110,11 +111,4 @@ func run(ctx context.Context, s settings) error {
 	}
 	slog.Info("consuming; Ctrl-C to stop", "queue", s.queue, "schema", s.schema)
 	return rcv.Run(ctx) // returns nil once ctx is cancelled
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
