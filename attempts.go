@@ -116,7 +116,7 @@ func (e *engine) forgetStarts(st *starts) {
 	})
 	if err != nil {
 		// They stay suspects: each runs alone once, then all is as before.
-		e.log.warn("inbox: could not clear attempt starts of an abandoned claim", "messages", len(st.forget), "error", err)
+		e.log.warn("inbox: could not clear attempt starts of an abandoned batch", "messages", len(st.forget), "error", err)
 	}
 }
 

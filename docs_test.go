@@ -106,18 +106,19 @@ func containsLines(src, want []string) bool {
 	return false
 }
 
-// TestREADMEConfigTable checks that the README's configuration table names
-// every Config field, and shows the default New fills in for each field
-// with a plain value.
-func TestREADMEConfigTable(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+// TestConfigTable checks that the configuration table of
+// docs/configuration.md names every Config field, and shows the default New
+// fills in for each field with a plain value.
+func TestConfigTable(t *testing.T) {
+	const doc = "docs/configuration.md"
+	readme, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	section := string(readme)
-	start := strings.Index(section, "\n## Configuration\n")
+	start := strings.Index(section, "\n## inbox.Config\n")
 	if start < 0 {
-		t.Fatal("README.md has no Configuration section")
+		t.Fatal(doc + " has no inbox.Config section")
 	}
 	section = section[start:]
 	if end := strings.Index(section[1:], "\n## "); end >= 0 {
@@ -141,22 +142,22 @@ func TestREADMEConfigTable(t *testing.T) {
 	cfg := reflect.ValueOf(in.Config())
 	for i := range cfg.NumField() {
 		name := cfg.Type().Field(i).Name
-		doc, ok := documented[name]
+		text, ok := documented[name]
 		if !ok {
-			t.Errorf("README.md configuration table lacks Config.%s", name)
+			t.Errorf("%s: the configuration table lacks Config.%s", doc, name)
 			continue
 		}
 		delete(documented, name)
-		if want, ok := defaultText(cfg.Field(i).Interface()); ok && doc != want {
-			t.Errorf("README.md: Config.%s defaults to %s, the table says %s", name, want, doc)
+		if want, ok := defaultText(cfg.Field(i).Interface()); ok && text != want {
+			t.Errorf("%s: Config.%s defaults to %s, the table says %s", doc, name, want, text)
 		}
 	}
 	for name := range documented {
-		t.Errorf("README.md configuration table has %s, which Config does not", name)
+		t.Errorf("%s: the configuration table has %s, which Config does not", doc, name)
 	}
 }
 
-// defaultText renders a default the way the README's table writes it; ok
+// defaultText renders a default the way the configuration table writes it; ok
 // is false for values it does not render (loggers, providers, slices).
 func defaultText(v any) (string, bool) {
 	switch x := v.(type) {

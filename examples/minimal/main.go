@@ -25,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/amqp"
@@ -105,6 +106,18 @@ func run(ctx context.Context, s settings) error {
 		URL:      s.amqpURL,
 		Queue:    s.queue,
 		Topology: &amqp.Topology{}, // declare the queue and its dead-letter queue
+		// The dedup key: a publisher that cannot set the message_id
+		// property may send the ID in a header instead.
+		MessageID: func(d *amqp091.Delivery) string {
+			if id, ok := d.Headers["x-message-id"].(string); ok && id != "" {
+				return id
+			}
+			return d.MessageId
+		},
+		// The topic (which selects the handler): the AMQP type property, or
+		// the routing key when type is empty. This is the default; use
+		// amqp.TopicFromType to reject messages without a type.
+		TopicFrom: amqp.TopicFromTypeOrRoutingKey,
 	})
 	if err != nil {
 		return err
