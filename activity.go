@@ -49,7 +49,7 @@ func (in *Inbox) Activity(ctx context.Context, minutes int) (Activity, error) {
 		return Activity{}, fmt.Errorf("inbox: activity: %w", err)
 	}
 	if a.TakenAt.IsZero() {
-		if err := in.e.pool.QueryRow(ctx, "SELECT now()").Scan(&a.TakenAt); err != nil {
+		if err := in.e.pool.QueryRow(ctx, sqlNow).Scan(&a.TakenAt); err != nil {
 			return Activity{}, fmt.Errorf("inbox: activity: %w", err)
 		}
 	}

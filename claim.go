@@ -40,7 +40,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	b.Queue(e.sql.claimSuspectStream, topics)
 	b.Queue(e.sql.claimUnordered, e.cfg.BatchSize, topics)
 	b.Queue(e.sql.claimStreams, e.cfg.StreamsPerClaim, topics)
-	b.Queue("SELECT clock_timestamp()")
+	b.Queue(sqlClock)
 	br := tx.SendBatch(ctx, b)
 	c := &claim{}
 	_, err := br.Exec()

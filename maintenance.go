@@ -36,7 +36,7 @@ func (e *engine) maintainOnce(ctx context.Context) error {
 	defer conn.Release()
 	key := "inbox-maintain:" + e.cfg.Schema
 	var leader bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", key).Scan(&leader); err != nil {
+	if err := conn.QueryRow(ctx, sqlTryLock, key).Scan(&leader); err != nil {
 		return fmt.Errorf("take maintenance lock: %w", err)
 	}
 	if !leader {
@@ -45,7 +45,7 @@ func (e *engine) maintainOnce(ctx context.Context) error {
 	defer func() {
 		unlockCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if _, err := conn.Exec(unlockCtx, "SELECT pg_advisory_unlock(hashtext($1))", key); err != nil {
+		if _, err := conn.Exec(unlockCtx, sqlUnlock, key); err != nil {
 			// Never hand a connection that may still hold the lock back
 			// to the pool.
 			_ = conn.Conn().Close(unlockCtx)

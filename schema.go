@@ -24,9 +24,6 @@ type rowQuerier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// existSQL reports whether both of two relations exist.
-const existSQL = `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`
-
 // CheckSchema returns an error wrapping ErrNotMigrated if schema has no
 // inbox tables (see package migrations). Start runs it; tools may too,
 // before they act on a schema.
@@ -57,6 +54,6 @@ func checkStatsIndexes(ctx context.Context, db rowQuerier, schema string) error 
 func exist(ctx context.Context, db rowQuerier, schema, a, b string) (bool, error) {
 	q := sqlident.Quote(schema) + "."
 	var ok bool
-	err := db.QueryRow(ctx, existSQL, q+a, q+b).Scan(&ok)
+	err := db.QueryRow(ctx, sqlBothExist, q+a, q+b).Scan(&ok)
 	return ok, err
 }

@@ -19,6 +19,18 @@ type queries struct {
 	listen string // wakeup.go
 }
 
+// The statements that name no table, fixed once and for all. (The
+// savepoints live with their helpers, db.go and handlertx.go, and the
+// claim's server-side limits with their explanation, limits.go.)
+const (
+	sqlNow       = "SELECT now()"
+	sqlClock     = "SELECT clock_timestamp()" // the time now, not the transaction's start
+	sqlNoJIT     = "SET LOCAL jit = off"
+	sqlTryLock   = "SELECT pg_try_advisory_lock(hashtext($1))"
+	sqlUnlock    = "SELECT pg_advisory_unlock(hashtext($1))"
+	sqlBothExist = "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL"
+)
+
 func newQueries(schema string) queries {
 	r := strings.NewReplacer("{schema}", sqlident.Quote(schema))
 	return queries{

@@ -135,7 +135,7 @@ func (in *Inbox) Stats(ctx context.Context) (Stats, error) {
 	}
 	q := in.e.sql.stats
 	var st Stats
-	if err := tx.QueryRow(ctx, "SELECT now()").Scan(&st.TakenAt); err != nil {
+	if err := tx.QueryRow(ctx, sqlNow).Scan(&st.TakenAt); err != nil {
 		return Stats{}, fmt.Errorf("inbox: stats: %w", err)
 	}
 
@@ -226,7 +226,7 @@ func (e *engine) gauges(ctx context.Context) (gaugeStats, error) {
 // read little but look expensive to the planner on large tables, and would
 // spend more time compiling than running.
 func noJIT(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, "SET LOCAL jit = off")
+	_, err := tx.Exec(ctx, sqlNoJIT)
 	return err
 }
 
