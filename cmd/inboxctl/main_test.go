@@ -269,7 +269,7 @@ func TestMigrate(t *testing.T) {
 	if len(status) < 2 || !status[0].Applied || !status[1].Applied || status[1].At == "" {
 		t.Fatalf("status after up = %+v", status)
 	}
-	ctl(t, schema, "migrate", "down").want(t, 0, "reverted migration 2", "version 1")
+	ctl(t, schema, "migrate", "down", "--to", "1").want(t, 0, "reverted migration 2", "version 1")
 	ctl(t, schema, "migrate", "down").want(t, 2, "drops the inbox tables", "--yes")
 	ctl(t, schema, "migrate", "down", "--to", "5").want(t, 2, "not below the current version")
 	ctl(t, schema, "migrate", "down", "--yes").want(t, 0, "reverted migration 1")
