@@ -233,6 +233,8 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		return a.dead(ctx, sub, tail(rest))
 	case "streams":
 		return a.streams(ctx, sub, tail(rest))
+	case "outbox":
+		return a.outbox(ctx, sub, tail(rest))
 	}
 	return usagef("unknown command %q", cmd)
 }
