@@ -408,3 +408,30 @@ func TestRelayChainEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// A message the broker refuses by closing the channel (its exchange does
+// not exist) is found by publishing the batch one by one, retried, and dead
+// with the reason after MaxAttempts; the others of its batch are sent.
+func TestRelayRefusedMessageIsDead(t *testing.T) {
+	e := setup(t)
+	ob, err := inbox.NewOutbox(e.pool, inbox.OutboxConfig{Schema: e.schema, MaxAttempts: 2,
+		RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ob.Send(e.ctx,
+		inbox.OutgoingMessage{ID: "good-1", RoutingKey: e.queue},
+		inbox.OutgoingMessage{ID: "bad", Exchange: testenv.UniqueName("missing"), RoutingKey: "x"},
+		inbox.OutgoingMessage{ID: "good-2", RoutingKey: e.queue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.relay(ob, e.queue+" relay", 10)
+	e.waitFor("bad dead, the others sent", 60*time.Second, func() bool {
+		return e.outboxCount("dead") == 1 && e.outboxCount("sent") == 2
+	})
+	dead, err := ob.ListOutbox(e.ctx, inbox.OutboxFilter{State: "dead"})
+	if err != nil || len(dead) != 1 || dead[0].ID != "bad" || dead[0].Attempts != 2 || !strings.Contains(dead[0].LastError, "NOT_FOUND") {
+		t.Fatalf("dead %+v, %v; want bad, dead after 2 attempts with NOT_FOUND", dead, err)
+	}
+}
