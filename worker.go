@@ -295,6 +295,7 @@ func (in *Inbox) runHandler(ctx context.Context, tx pgx.Tx, m *Message) (herr, e
 	htx := &handlerTx{tx: tx}
 	hctx, cancel := context.WithTimeout(ctx, in.cfg.HandlerTimeout)
 	hctx, span := in.tel.startHandler(hctx, m)
+	hctx = withHandlerRun(hctx, m) // an Outbox.Enqueue in the handler derives its IDs from m
 	started := time.Now()
 	slot := inflightOf(ctx)
 	slot.enter(m, tx.Conn().PgConn().Conn())
