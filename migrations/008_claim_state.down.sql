@@ -1,0 +1,3 @@
+DROP TABLE {schema}.inbox_stream_heads;
+
+DROP INDEX {schema}.inbox_messages_unordered_topic;
