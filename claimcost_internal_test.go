@@ -55,6 +55,8 @@ func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 		{"unordered claim", in.sql.claimUnordered, []any{50, topics}, 1},
 		{"stream claim", in.sql.claimStreams, []any{8, topics}, 1},
 		{"gap sweep", in.sql.findGaps, []any{60.0, 1000}, 1},
+		{"suspect claim", in.sql.starts.claimSuspect, []any{topics}, 0},
+		{"suspect stream claim", in.sql.starts.claimSuspectStream, []any{topics}, 0},
 	} {
 		returned, read := explainRows(t, ctx, pool, c.sql, c.args...)
 		if returned != c.want {

@@ -6,7 +6,9 @@ CREATE INDEX inbox_messages_unordered_topic
     ON {schema}.inbox_messages (topic, run_at, id)
     WHERE state = 'pending' AND stream IS NULL;
 
--- The (run_at, id) indexes of 001 stay: the statistics read them.
+-- It replaces the (run_at, id) index of 001, which a claim's planner could
+-- still choose, and then filter by topic.
+DROP INDEX {schema}.inbox_messages_unordered_ready;
 
 -- What a stream claim needs to know about each stream, kept up to date so
 -- that claims and the gap sweep read this table's small indexes instead of
