@@ -217,11 +217,27 @@ func (in *Inbox) requeue(ctx context.Context, tx pgx.Tx, ids []int64, outOfOrder
 	}
 	// The out-of-order mark stays on the row once it is handled: the record
 	// that it ran behind its stream's watermark.
-	_, err = tx.Exec(ctx, `UPDATE `+in.table("inbox_messages")+`
+	rows, err = tx.Query(ctx, `UPDATE `+in.table("inbox_messages")+`
 		SET state = 'pending', attempts = 0, run_at = now(), out_of_order = out_of_order OR id = ANY($2)
-		WHERE id = ANY($1)`, requeued, belowIDs)
+		WHERE id = ANY($1)
+		RETURNING source, coalesce(stream, '')`, requeued, belowIDs)
 	if err != nil {
 		return nil, nil, err
+	}
+	var keys []streamKey
+	seen := map[streamKey]bool{}
+	var k streamKey
+	if _, err := pgx.ForEachRow(rows, []any{&k.source, &k.stream}, func() error {
+		if k.stream != "" && !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	if err := in.refreshHeads(ctx, tx, keys...); err != nil {
+		return nil, nil, fmt.Errorf("rewrite stream heads: %w", err)
 	}
 	if len(belowIDs) > 0 {
 		in.log.warn("inbox: dead messages requeued to run out of order, below their stream's watermark", "row_ids", belowIDs)

@@ -43,15 +43,17 @@ func newStartQueries(r *strings.Replacer) startQueries {
 		// Suspects that fewer deaths weigh on go first, so the innocent
 		// batch-mates of a message that kills the process run before it
 		// does again. SKIP LOCKED passes over the rows of live claims. The
-		// outer SELECT sets the flag only for the row returned.
+		// outer SELECT sets the flag only for the row returned. The
+		// messages are found by their ids, from the (usually empty) starts
+		// table: a plain join may be planned as a scan of all messages.
 		claimSuspect: r.Replace(`
 SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at, c.deaths,
        set_config('` + soloFlag + `', 'on', true) IS NOT NULL
 FROM (
     SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, a.deaths
-    FROM {schema}.inbox_attempt_starts a
-    JOIN {schema}.inbox_messages m ON m.id = a.id
-    WHERE m.state = 'pending' AND m.stream IS NULL AND m.run_at <= now() AND m.topic = ANY($1)
+    FROM {schema}.inbox_messages m
+    JOIN {schema}.inbox_attempt_starts a ON a.id = m.id
+    WHERE m.id = ANY (ARRAY(SELECT id FROM {schema}.inbox_attempt_starts)) AND m.state = 'pending' AND m.stream IS NULL AND m.run_at <= now() AND m.topic = ANY($1)
     ORDER BY a.deaths, m.run_at, m.id
     LIMIT 1
     FOR UPDATE OF m SKIP LOCKED
@@ -64,10 +66,10 @@ SELECT c.source, c.stream, c.next_seq, c.in_gap, c.deaths,
        set_config('` + soloFlag + `', 'on', true) IS NOT NULL
 FROM (
     SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL AS in_gap, a.deaths
-    FROM {schema}.inbox_attempt_starts a
-    JOIN {schema}.inbox_messages m ON m.id = a.id
+    FROM {schema}.inbox_messages m
+    JOIN {schema}.inbox_attempt_starts a ON a.id = m.id
     JOIN {schema}.inbox_streams s ON s.source = m.source AND s.stream = m.stream AND s.next_seq = m.seq
-    WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now() AND m.topic = ANY($1)
+    WHERE m.id = ANY (ARRAY(SELECT id FROM {schema}.inbox_attempt_starts)) AND m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now() AND m.topic = ANY($1)
       AND s.parked_at IS NULL AND current_setting('` + soloFlag + `', true) IS DISTINCT FROM 'on'
     ORDER BY a.deaths, m.run_at, m.id
     LIMIT 1

@@ -13,6 +13,7 @@ type queries struct {
 	gapSkip, skipStream, park, parkFailed    string
 	markLate                                 string
 	starts                                   startQueries
+	heads                                    headQueries
 }
 
 // lateArrival is the reason a message of alias (with source, stream and
@@ -46,14 +47,17 @@ SET to_seq = excluded.to_seq, how = excluded.how, skipped_at = excluded.skipped_
 
 func newQueries(quotedSchema string) queries {
 	r := strings.NewReplacer("{schema}", quotedSchema)
+	heads := newHeadQueries(r)
 	return queries{
 		starts: newStartQueries(r),
+		heads:  heads,
 
 		// One statement, hence atomic without an explicit transaction:
 		// create rows for new streams, then insert the messages not stored
 		// yet. A sequence below its stream's watermark is a duplicate,
 		// unless it lies in a skipped range: then it was never applied and
 		// is kept, dead, saying so. Only such messages read inbox_skips.
+		// The stream heads of its pending arrivals are updated (heads.go).
 		store: r.Replace(`
 WITH input AS (
     SELECT u.source, u.message_id, u.topic, NULLIF(u.stream, '') AS stream,
@@ -74,7 +78,7 @@ fated AS (
     SELECT i.*, CASE
         WHEN i.stream IS NULL OR s.next_seq IS NULL OR i.seq >= s.next_seq THEN ''
         ELSE ` + lateArrival("i") + `
-    END AS late
+    END AS late, coalesce(s.next_seq, $8::bigint) AS watermark
     FROM input i
     LEFT JOIN {schema}.inbox_streams s ON s.source = i.source AND s.stream = i.stream
 ),
@@ -86,7 +90,12 @@ inserted AS (
     WHERE f.late IS NOT NULL
     ORDER BY f.ord
     ON CONFLICT (source, message_id) DO NOTHING
-    RETURNING source, message_id, state
+    RETURNING id, source, message_id, topic, stream, seq, state
+),
+heads AS (` + strings.Replace(heads.upsert, "{arrivals}", `(
+    SELECT x.source, x.stream, x.seq, x.topic, x.id, f.watermark
+    FROM inserted x JOIN fated f ON f.source = x.source AND f.message_id = x.message_id
+    WHERE x.state = 'pending' AND x.stream IS NOT NULL)`, 1) + `
 ),
 notified AS (
     SELECT pg_notify($9, '') FROM (SELECT 1 FROM inserted WHERE state = 'pending' LIMIT 1) one WHERE $9 <> ''
@@ -101,31 +110,48 @@ DELETE FROM {schema}.inbox_messages WHERE id IN (
     LIMIT $2
     FOR UPDATE SKIP LOCKED)`),
 
+		// Per handled topic, through that topic's range of the index, so
+		// rows of topics without a handler here are never read. Each topic
+		// locks up to $1 rows; of those, the $1 due first are returned. The
+		// others of a claim over several topics stay locked, unworked,
+		// until it commits, and other workers pass over them meanwhile.
 		claimUnordered: r.Replace(`
-SELECT id, source, message_id, topic, headers, body, attempts, received_at
-FROM {schema}.inbox_messages
-WHERE state = 'pending' AND stream IS NULL AND run_at <= now() AND topic = ANY($2)
-  AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = inbox_messages.id)
-  AND ` + notSolo + `
-ORDER BY run_at, id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`),
+SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at
+FROM unnest($2::text[]) AS t(topic)
+CROSS JOIN LATERAL (
+    SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, m.run_at
+    FROM {schema}.inbox_messages m
+    WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic = t.topic AND m.run_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = m.id)
+      AND ` + notSolo + `
+    ORDER BY m.run_at, m.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) c
+ORDER BY c.run_at, c.id
+LIMIT $1`),
 
-		// A stream is ready when a runnable pending message sits at (or, for
-		// a late duplicate, below) its watermark. Locking the stream row, not
-		// only message rows, keeps one stream on one worker at a time.
+		// A stream is ready when its head (heads.go) is due; streams are
+		// found per handled topic through the heads' index, never through
+		// their messages. Locking the stream row, not only message rows,
+		// keeps one stream on one worker at a time. As for unordered
+		// claims, streams of several topics may be locked and not returned.
 		claimStreams: r.Replace(`
-SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL
-FROM {schema}.inbox_messages m
-JOIN {schema}.inbox_streams s
-  ON s.source = m.source AND s.stream = m.stream AND m.seq <= s.next_seq
-WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
-  AND m.topic = ANY($2) AND s.parked_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = m.id)
-  AND ` + notSolo + `
-ORDER BY m.run_at, m.id
-LIMIT $1
-FOR UPDATE OF s SKIP LOCKED`),
+SELECT c.source, c.stream, c.next_seq, c.in_gap
+FROM unnest($2::text[]) AS t(topic)
+CROSS JOIN LATERAL (
+    SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL AS in_gap, h.ready_at
+    FROM {schema}.inbox_stream_heads h
+    JOIN {schema}.inbox_streams s ON s.source = h.source AND s.stream = h.stream
+    WHERE h.topic = t.topic AND h.ready_at <= now() AND s.parked_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = h.head_id)
+      AND ` + notSolo + `
+    ORDER BY h.ready_at
+    LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+) c
+ORDER BY c.ready_at
+LIMIT $1`),
 
 		// $4 is the watermark, read under the stream's lock: only rows
 		// below it look for a skipped range.
@@ -191,19 +217,22 @@ SET next_seq = $3,
     updated_at = now()
 WHERE source = $1 AND stream = $2`),
 
+		// Candidates come from the heads' gap index: unparked streams with
+		// pending messages above the watermark and none at it. Each one's
+		// lowest pending sequence number is one index probe; a candidate
+		// without a gap has an out-of-date head row, which the sweep
+		// rewrites.
 		findGaps: r.Replace(`
-WITH heads AS (
-    SELECT source, stream, min(seq) AS head
-    FROM {schema}.inbox_messages
-    WHERE state = 'pending' AND stream IS NOT NULL
-    GROUP BY source, stream
-)
-SELECT s.source, s.stream, s.next_seq, h.head, s.gap_since,
+SELECT s.source, s.stream, s.next_seq, p.head, s.gap_since,
        coalesce(s.gap_since < now() - make_interval(secs => $1), false), s.gap_reported
-FROM {schema}.inbox_streams s
-JOIN heads h ON h.source = s.source AND h.stream = s.stream
-WHERE h.head > s.next_seq AND s.parked_at IS NULL
-ORDER BY s.source, s.stream
+FROM {schema}.inbox_stream_heads h
+JOIN {schema}.inbox_streams s ON s.source = h.source AND s.stream = h.stream
+CROSS JOIN LATERAL (
+    SELECT min(m.seq) AS head FROM {schema}.inbox_messages m
+    WHERE m.source = s.source AND m.stream = s.stream AND m.state = 'pending' AND m.stream IS NOT NULL
+) p
+WHERE h.ready_at IS NULL AND NOT h.parked AND h.high_seq > h.next_seq AND s.parked_at IS NULL
+ORDER BY h.source, h.stream
 LIMIT $2
 FOR UPDATE OF s SKIP LOCKED`),
 

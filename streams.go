@@ -164,6 +164,9 @@ func (in *Inbox) onStream(ctx context.Context, source, stream string, fn func(tx
 	if err := fn(tx, nextSeq, parked); err != nil {
 		return fmt.Errorf("inbox: stream %q: %w", stream, err)
 	}
+	if err := in.refreshHeads(ctx, tx, streamKey{source, stream}); err != nil {
+		return fmt.Errorf("inbox: stream %q: rewrite its head: %w", stream, err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("inbox: commit: %w", err)
 	}

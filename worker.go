@@ -372,9 +372,12 @@ func (in *Inbox) apply(ctx context.Context, tx pgx.Tx, res *results) error {
 		}
 		b.Queue(in.sql.markFailed, f.msg.RowID, errorText(f.err), state, f.delay.Seconds())
 	}
+	keys := make([]streamKey, 0, len(res.streams))
 	for _, s := range res.streams {
 		b.Queue(in.sql.updateStream, s.source, s.stream, s.nextSeq, s.inGap, s.parkReason, s.parkedMessage)
+		keys = append(keys, streamKey{s.source, s.stream})
 	}
+	in.queueRefresh(b, keys)
 	if b.Len() == 0 {
 		return nil
 	}
@@ -409,8 +412,15 @@ func (in *Inbox) abort(ctx context.Context, tx pgx.Tx, st *starts, err error) er
 	}
 	recordCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// One implicit transaction: the count, then its stream's head.
+	b := &pgx.Batch{}
 	var counted int
-	rerr := in.pool.QueryRow(recordCtx, in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds(), f.dead, parkReason).Scan(&counted)
+	b.Queue(in.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds(), f.dead, parkReason).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&counted) })
+	if m.Stream != "" {
+		in.queueRefresh(b, []streamKey{{m.Source, m.Stream}})
+	}
+	rerr := in.pool.SendBatch(recordCtx, b).Close()
 	switch {
 	case rerr != nil:
 		in.log.warn("inbox: could not count attempt of message whose transaction broke", "row_id", m.RowID, "error", rerr)
