@@ -105,9 +105,24 @@ func (e *engine) requeue(ctx context.Context, tx pgx.Tx, ids []int64, outOfOrder
 	if _, err := tx.Exec(ctx, e.sql.unparkByMessage, requeued); err != nil {
 		return nil, nil, err
 	}
-	_, err = tx.Exec(ctx, e.sql.requeueDead, requeued, belowIDs)
+	rows, err = tx.Query(ctx, e.sql.requeueDead, requeued, belowIDs)
 	if err != nil {
 		return nil, nil, err
+	}
+	var keys []streamKey
+	seen := map[streamKey]bool{}
+	var k streamKey
+	if _, err := pgx.ForEachRow(rows, []any{&k.source, &k.stream}, func() error {
+		if k.stream != "" && !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	if err := e.refreshHeads(ctx, tx, keys...); err != nil {
+		return nil, nil, fmt.Errorf("rewrite stream heads: %w", err)
 	}
 	if len(belowIDs) > 0 {
 		e.log.warn("inbox: dead messages requeued to run out of order, below their stream's watermark", "row_ids", belowIDs)

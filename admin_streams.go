@@ -145,6 +145,9 @@ func (e *engine) onStream(ctx context.Context, source, stream string, fn func(tx
 	if err := fn(tx, st); err != nil {
 		return StreamInfo{}, fmt.Errorf("inbox: stream %q: %w", stream, err)
 	}
+	if err := e.refreshHeads(ctx, tx, streamKey{source, stream}); err != nil {
+		return StreamInfo{}, fmt.Errorf("inbox: stream %q: rewrite its head: %w", stream, err)
+	}
 	rows, err := tx.Query(ctx, e.sql.streamInfo, StreamPendingLimit, source, stream)
 	if err != nil {
 		return StreamInfo{}, fmt.Errorf("inbox: read stream %q back: %w", stream, err)

@@ -168,6 +168,25 @@
 // carried in, so one trace runs from the publisher to the handler.
 // [Stats] reads the same figures on demand.
 //
+// # Emitting messages: the outbox
+//
+// A handler, or any service transaction, emits messages with
+// [Outbox.Enqueue] on its pgx.Tx: they are stored in the same transaction
+// and published by a relay (package amqp's Relay) only once it commits, so
+// an effect and its announcement happen together or not at all. Inside a
+// handler, an [OutgoingMessage] without an ID gets one derived from the
+// incoming message and the enqueue's position in the handler run: a retried
+// handler emits the same IDs, which a downstream inbox deduplicates. A
+// message with a Stream gets the stream's next sequence number in the
+// enqueuing transaction; the relay publishes each stream's messages one at a
+// time, each after the previous one's publisher confirm, with the stream and
+// sequence in the headers the amqp receiver reads by default. Messages the
+// broker refuses are retried with backoff ([OutboxConfig.MaxAttempts]), and
+// unroutable ones are dead at once; [Outbox.ListOutbox], [Outbox.RetryOutbox]
+// and [Outbox.DeleteOutbox] (and inboxctl outbox) handle them, and
+// [Outbox.Stats] gives the figures. The trace context of the enqueuing span
+// travels in the traceparent header.
+//
 // For tests of a service, the module github.com/inboxkit/inbox/inboxtest
 // gives each test a migrated schema of its own, and helpers to publish
 // messages and wait until they are handled.

@@ -20,13 +20,14 @@ import (
 	"github.com/inboxkit/inbox/internal/testenv"
 )
 
-// TestDocCodeBlocks keeps the README and docs/testing.md honest: every Go
-// code block in them must appear, line for line (indentation aside), in a
-// Go file of the repository that is compiled and tested, such as this one,
-// an example program or a test of the inboxtest module.
+// TestDocCodeBlocks keeps the README, docs/testing.md and docs/outbox.md
+// honest: every Go code block in them must appear, line for line
+// (indentation aside), in a Go file of the repository that is compiled and
+// tested, such as this one, an example program or a test of the inboxtest
+// module.
 func TestDocCodeBlocks(t *testing.T) {
 	docs := map[string][]string{}
-	for _, name := range []string{"README.md", "docs/testing.md"} {
+	for _, name := range []string{"README.md", "docs/testing.md", "docs/outbox.md"} {
 		md, err := os.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)

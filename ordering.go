@@ -124,8 +124,17 @@ func (e *engine) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	}); err != nil {
 		return 0, fmt.Errorf("find gaps: %w", err)
 	}
-	changed, skipped := 0, 0
+	changed, skipped, repaired := 0, 0, 0
+	keys := make([]streamKey, 0, len(gaps))
 	for _, g := range gaps {
+		keys = append(keys, streamKey{g.source, g.stream})
+		if g.head == nil || *g.head <= g.nextSeq {
+			// Its head row was out of date (no gap): the rewrite below
+			// repairs it.
+			changed++
+			repaired++
+			continue
+		}
 		act := e.gapAction(g)
 		if act.sql == "" {
 			continue
@@ -152,10 +161,13 @@ func (e *engine) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	if changed == 0 {
 		return 0, nil
 	}
+	if err := e.refreshHeads(ctx, tx, keys...); err != nil {
+		return 0, fmt.Errorf("gap sweep: rewrite stream heads: %w", err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit gap sweep: %w", err)
 	}
-	if skipped > 0 {
+	if skipped+repaired > 0 {
 		e.wake.signal()
 	}
 	return changed, nil
@@ -164,7 +176,8 @@ func (e *engine) sweepGaps(ctx context.Context, db beginner) (int, error) {
 // gap is a stream found waiting on a missing sequence number.
 type gap struct {
 	source, stream string
-	nextSeq, head  int64
+	nextSeq        int64
+	head           *int64 // lowest pending sequence number, if any
 	since          *time.Time
 	expired, told  bool
 }
@@ -179,7 +192,7 @@ type gapStep struct {
 }
 
 func (e *engine) gapAction(g gap) gapStep {
-	missing := fmt.Sprintf("sequence %d..%d", g.nextSeq, g.head-1)
+	missing := fmt.Sprintf("sequence %d..%d", g.nextSeq, *g.head-1)
 	switch {
 	case g.since == nil:
 		return gapStep{sql: e.sql.gapStarted, args: []any{g.source, g.stream}, log: func() {}}
@@ -187,7 +200,7 @@ func (e *engine) gapAction(g gap) gapStep {
 		return gapStep{}
 	case e.cfg.GapPolicy == GapSkip:
 		note := fmt.Sprintf("skipped %s at %s after waiting since %s", missing, time.Now().UTC().Format(time.RFC3339), g.since.UTC().Format(time.RFC3339))
-		return gapStep{sql: e.sql.gapSkip, args: []any{g.source, g.stream, g.nextSeq, g.head, note}, skip: true, log: func() {
+		return gapStep{sql: e.sql.gapSkip, args: []any{g.source, g.stream, g.nextSeq, *g.head, note}, skip: true, log: func() {
 			e.log.warn("inbox: gap timeout: skipping missing messages", "source", g.source, "stream", g.stream, "missing", missing)
 		}}
 	case e.cfg.GapPolicy == GapPark:

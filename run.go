@@ -156,6 +156,7 @@ func (e *engine) runHandler(ctx context.Context, tx pgx.Tx, m *Message) (herr, e
 	htx := &handlerTx{tx: tx}
 	hctx, cancel := context.WithTimeout(ctx, e.cfg.HandlerTimeout)
 	hctx, span := e.tel.startHandler(hctx, m)
+	hctx = withHandlerRun(hctx, m) // an Outbox.Enqueue in the handler derives its IDs from m
 	started := time.Now()
 	slot := inflightOf(ctx)
 	slot.enter(m, tx.Conn().PgConn().Conn())

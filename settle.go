@@ -15,7 +15,8 @@ import (
 
 // settle writes every outcome of the claim in one round trip: done,
 // duplicates, late arrivals, failures (retry or dead), each stream's new
-// watermark, gap and park, and the deletion of its attempt starts.
+// watermark, gap and park with the rewrite of its head (heads.go), and the
+// deletion of its attempt starts.
 func (e *engine) settle(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 	b := &pgx.Batch{}
 	if len(out.done) > 0 {
@@ -45,9 +46,12 @@ func (e *engine) settle(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 		}
 		b.Queue(e.sql.markFailed, f.msg.RowID, errorText(f.err), state, f.delay.Seconds())
 	}
+	keys := make([]streamKey, 0, len(out.streams))
 	for _, s := range out.streams {
 		b.Queue(e.sql.updateStream, s.source, s.stream, s.nextSeq, s.inGap, s.parkReason, s.parkedMessage)
+		keys = append(keys, streamKey{s.source, s.stream})
 	}
+	e.queueRefresh(b, keys)
 	if b.Len() == 0 {
 		return nil
 	}
@@ -82,8 +86,15 @@ func (e *engine) abort(ctx context.Context, tx pgx.Tx, st *starts, err error) er
 	}
 	recordCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// One implicit transaction: the count, then its stream's head.
+	b := &pgx.Batch{}
 	var counted int
-	rerr := e.pool.QueryRow(recordCtx, e.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds(), f.dead, parkReason).Scan(&counted)
+	b.Queue(e.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds(), f.dead, parkReason).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&counted) })
+	if m.Stream != "" {
+		e.queueRefresh(b, []streamKey{{m.Source, m.Stream}})
+	}
+	rerr := e.pool.SendBatch(recordCtx, b).Close()
 	switch {
 	case rerr != nil:
 		e.log.warn("inbox: could not count attempt of message whose transaction broke", "row_id", m.RowID, "error", rerr)

@@ -164,8 +164,14 @@ func TestLateArrivalRacingTheSkipIsDeadNotDone(t *testing.T) {
 	in := b.gapInbox(inbox.GapSkip)
 	b.start(in)
 	b.skipGap(in)
-	b.exec(`INSERT INTO ` + b.q + `.inbox_messages (source, message_id, topic, stream, seq)
-		VALUES ('` + inbox.DefaultSource + `', 'a-2', 't', 'a', 2)`)
+	// The row as that Store writes it, with its stream head's upsert
+	// (which acts on the newest watermark, past the skipped sequence).
+	b.exec(`WITH m AS (INSERT INTO ` + b.q + `.inbox_messages (source, message_id, topic, stream, seq)
+		VALUES ('` + inbox.DefaultSource + `', 'a-2', 't', 'a', 2) RETURNING id)
+		UPDATE ` + b.q + `.inbox_stream_heads SET low_seq = least(low_seq, 2), ready_at = least(ready_at, now()),
+			topic = CASE WHEN ready_at IS NULL THEN 't' ELSE topic END,
+			head_id = CASE WHEN ready_at IS NULL THEN (SELECT id FROM m) ELSE head_id END
+		WHERE stream = 'a' AND 2 <= next_seq`)
 	b.waitFor("the late row to be settled", 10*time.Second, func() bool {
 		return b.count(`SELECT count(*) FROM `+b.q+`.inbox_messages WHERE message_id = 'a-2' AND state <> 'pending'`) == 1
 	})

@@ -15,6 +15,7 @@ type queries struct {
 	workerQueries
 	streamQueries
 	messageQueries
+	headQueries
 	stats  statsQueries
 	listen string // wakeup.go
 }
@@ -38,6 +39,7 @@ func newQueries(schema string) queries {
 		workerQueries:  newWorkerQueries(r),
 		streamQueries:  newStreamQueries(r),
 		messageQueries: newMessageQueries(r),
+		headQueries:    newHeadQueries(r),
 		stats:          newStatsQueries(r),
 		listen:         "LISTEN " + sqlident.Quote(channelName(schema)),
 	}

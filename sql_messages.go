@@ -68,11 +68,13 @@ SET parked_at = NULL, parked_reason = NULL, parked_message_id = NULL, updated_at
 WHERE parked_message_id = ANY($1)`)
 
 	// The out-of-order mark ($2) stays on the row once it is handled: the
-	// record that it ran behind its stream's watermark.
+	// record that it ran behind its stream's watermark. It returns the
+	// streams whose heads the requeue changes.
 	q.requeueDead = r.Replace(`
 UPDATE {schema}.inbox_messages
 SET state = 'pending', attempts = 0, run_at = now(), out_of_order = out_of_order OR id = ANY($2)
-WHERE id = ANY($1)`)
+WHERE id = ANY($1)
+RETURNING source, coalesce(stream, '')`)
 
 	q.deadGroups = r.Replace(`
 WITH scanned AS (

@@ -67,14 +67,27 @@ ORDER BY t.topic`),
 		// A row a worker holds is locked (unordered) or its stream's row is
 		// (ordered), by a transaction still in progress: its xmax is that
 		// transaction's ID, in the snapshot's list of running ones.
+		// Unordered rows are sampled per topic, as claims take them: the
+		// topics by a skip scan of the claims' (topic, run_at, id) index.
 		running: r.Replace(`
-WITH busy AS (
+WITH RECURSIVE busy AS (
     SELECT coalesce(array_agg(xid(x)), '{}') AS xids FROM pg_snapshot_xip(pg_current_snapshot()) AS x
 ),
+unordered_topics AS (
+    (SELECT topic, 1 AS n FROM {schema}.inbox_messages
+     WHERE state = 'pending' AND stream IS NULL ORDER BY topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.topic FROM {schema}.inbox_messages m
+            WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic > u.topic ORDER BY m.topic LIMIT 1), u.n + 1
+    FROM unordered_topics u WHERE u.topic IS NOT NULL AND u.n < $1
+),
 unordered AS (
-    SELECT m.topic, m.xmax FROM {schema}.inbox_messages m
-    WHERE m.state = 'pending' AND m.stream IS NULL AND m.run_at <= now()
-    ORDER BY m.run_at, m.id LIMIT $1
+    SELECT x.topic, x.xmax FROM unordered_topics t
+    CROSS JOIN LATERAL (
+        SELECT m.topic, m.xmax FROM {schema}.inbox_messages m
+        WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic = t.topic AND m.run_at <= now()
+        ORDER BY m.run_at, m.id LIMIT $1) x
+    WHERE t.topic IS NOT NULL
 ),
 stream_heads AS (
     SELECT DISTINCT h.source, h.stream FROM (

@@ -13,6 +13,7 @@ func newStoreQueries(r *strings.Replacer) (q storeQueries) {
 	// yet. A sequence below its stream's watermark is a duplicate,
 	// unless it lies in a skipped range: then it was never applied and
 	// is kept, dead, saying so. Only such messages read inbox_skips.
+	// The stream heads of its pending arrivals are updated (heads.go).
 	q.store = r.Replace(`
 WITH input AS (
     SELECT u.source, u.message_id, u.topic, NULLIF(u.stream, '') AS stream,
@@ -33,7 +34,7 @@ fated AS (
     SELECT i.*, CASE
         WHEN i.stream IS NULL OR s.next_seq IS NULL OR i.seq >= s.next_seq THEN ''
         ELSE ` + lateArrival("i") + `
-    END AS late
+    END AS late, coalesce(s.next_seq, $8::bigint) AS watermark
     FROM input i
     LEFT JOIN {schema}.inbox_streams s ON s.source = i.source AND s.stream = i.stream
 ),
@@ -45,7 +46,12 @@ inserted AS (
     WHERE f.late IS NOT NULL
     ORDER BY f.ord
     ON CONFLICT (source, message_id) DO NOTHING
-    RETURNING source, message_id, state
+    RETURNING id, source, message_id, topic, stream, seq, state
+),
+heads AS (` + upsertHeads(`
+    SELECT x.source, x.stream, x.seq, x.topic, x.id, f.watermark
+    FROM inserted x JOIN fated f ON f.source = x.source AND f.message_id = x.message_id
+    WHERE x.state = 'pending' AND x.stream IS NOT NULL`) + `
 ),
 notified AS (
     SELECT pg_notify($9, '') FROM (SELECT 1 FROM inserted WHERE state = 'pending' LIMIT 1) one WHERE $9 <> ''

@@ -28,19 +28,22 @@ type streamQueries struct {
 }
 
 func newStreamQueries(r *strings.Replacer) (q streamQueries) {
+	// Candidates come from the heads' gap index: unparked streams with
+	// pending messages above the watermark and none at it. Each one's
+	// lowest pending sequence number is one index probe; a candidate
+	// without a gap has an out-of-date head row, which the sweep
+	// rewrites.
 	q.findGaps = r.Replace(`
-WITH heads AS (
-    SELECT source, stream, min(seq) AS head
-    FROM {schema}.inbox_messages
-    WHERE state = 'pending' AND stream IS NOT NULL
-    GROUP BY source, stream
-)
-SELECT s.source, s.stream, s.next_seq, h.head, s.gap_since,
+SELECT s.source, s.stream, s.next_seq, p.head, s.gap_since,
        coalesce(s.gap_since < now() - make_interval(secs => $1), false), s.gap_reported
-FROM {schema}.inbox_streams s
-JOIN heads h ON h.source = s.source AND h.stream = s.stream
-WHERE h.head > s.next_seq AND s.parked_at IS NULL
-ORDER BY s.source, s.stream
+FROM {schema}.inbox_stream_heads h
+JOIN {schema}.inbox_streams s ON s.source = h.source AND s.stream = h.stream
+CROSS JOIN LATERAL (
+    SELECT min(m.seq) AS head FROM {schema}.inbox_messages m
+    WHERE m.source = s.source AND m.stream = s.stream AND m.state = 'pending' AND m.stream IS NOT NULL
+) p
+WHERE h.ready_at IS NULL AND NOT h.parked AND h.high_seq > h.next_seq AND s.parked_at IS NULL
+ORDER BY h.source, h.stream
 LIMIT $2
 FOR UPDATE OF s SKIP LOCKED`)
 

@@ -16,15 +16,17 @@ func newWorkerQueries(r *strings.Replacer) (q workerQueries) {
 	// Suspects that fewer deaths weigh on go first, so the innocent
 	// batch-mates of a message that kills the process run before it
 	// does again. SKIP LOCKED passes over the rows of live claims. The
-	// outer SELECT sets the flag only for the row returned.
+	// outer SELECT sets the flag only for the row returned. The
+	// messages are found by their ids, from the (usually empty) starts
+	// table: a plain join may be planned as a scan of all messages.
 	q.claimSuspect = r.Replace(`
 SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at, c.deaths,
        set_config('` + soloFlag + `', 'on', true) IS NOT NULL
 FROM (
     SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, a.deaths
-    FROM {schema}.inbox_attempt_starts a
-    JOIN {schema}.inbox_messages m ON m.id = a.id
-    WHERE m.state = 'pending' AND m.stream IS NULL AND m.run_at <= now() AND m.topic = ANY($1)
+    FROM {schema}.inbox_messages m
+    JOIN {schema}.inbox_attempt_starts a ON a.id = m.id
+    WHERE m.id = ANY (ARRAY(SELECT id FROM {schema}.inbox_attempt_starts)) AND m.state = 'pending' AND m.stream IS NULL AND m.run_at <= now() AND m.topic = ANY($1)
     ORDER BY a.deaths, m.run_at, m.id
     LIMIT 1
     FOR UPDATE OF m SKIP LOCKED
@@ -37,41 +39,58 @@ SELECT c.source, c.stream, c.next_seq, c.in_gap, c.deaths,
        set_config('` + soloFlag + `', 'on', true) IS NOT NULL
 FROM (
     SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL AS in_gap, a.deaths
-    FROM {schema}.inbox_attempt_starts a
-    JOIN {schema}.inbox_messages m ON m.id = a.id
+    FROM {schema}.inbox_messages m
+    JOIN {schema}.inbox_attempt_starts a ON a.id = m.id
     JOIN {schema}.inbox_streams s ON s.source = m.source AND s.stream = m.stream AND s.next_seq = m.seq
-    WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now() AND m.topic = ANY($1)
+    WHERE m.id = ANY (ARRAY(SELECT id FROM {schema}.inbox_attempt_starts)) AND m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now() AND m.topic = ANY($1)
       AND s.parked_at IS NULL AND current_setting('` + soloFlag + `', true) IS DISTINCT FROM 'on'
     ORDER BY a.deaths, m.run_at, m.id
     LIMIT 1
     FOR UPDATE OF s SKIP LOCKED
 ) c`)
 
+	// Per handled topic, through that topic's range of the index, so
+	// rows of topics without a handler here are never read. Each topic
+	// locks up to $1 rows; of those, the $1 due first are returned. The
+	// others of a claim over several topics stay locked, unworked,
+	// until it commits, and other workers pass over them meanwhile.
 	q.claimUnordered = r.Replace(`
-SELECT id, source, message_id, topic, headers, body, attempts, received_at
-FROM {schema}.inbox_messages
-WHERE state = 'pending' AND stream IS NULL AND run_at <= now() AND topic = ANY($2)
-  AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = inbox_messages.id)
-  AND ` + notSolo + `
-ORDER BY run_at, id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`)
+SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at
+FROM unnest($2::text[]) AS t(topic)
+CROSS JOIN LATERAL (
+    SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, m.run_at
+    FROM {schema}.inbox_messages m
+    WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic = t.topic AND m.run_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = m.id)
+      AND ` + notSolo + `
+    ORDER BY m.run_at, m.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) c
+ORDER BY c.run_at, c.id
+LIMIT $1`)
 
-	// A stream is ready when a runnable pending message sits at (or, for
-	// a late duplicate, below) its watermark. Locking the stream row, not
-	// only message rows, keeps one stream on one worker at a time.
+	// A stream is ready when its head (heads.go) is due; streams are
+	// found per handled topic through the heads' index, never through
+	// their messages. Locking the stream row, not only message rows,
+	// keeps one stream on one worker at a time. As for unordered
+	// claims, streams of several topics may be locked and not returned.
 	q.claimStreams = r.Replace(`
-SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL
-FROM {schema}.inbox_messages m
-JOIN {schema}.inbox_streams s
-  ON s.source = m.source AND s.stream = m.stream AND m.seq <= s.next_seq
-WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
-  AND m.topic = ANY($2) AND s.parked_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = m.id)
-  AND ` + notSolo + `
-ORDER BY m.run_at, m.id
-LIMIT $1
-FOR UPDATE OF s SKIP LOCKED`)
+SELECT c.source, c.stream, c.next_seq, c.in_gap
+FROM unnest($2::text[]) AS t(topic)
+CROSS JOIN LATERAL (
+    SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL AS in_gap, h.ready_at
+    FROM {schema}.inbox_stream_heads h
+    JOIN {schema}.inbox_streams s ON s.source = h.source AND s.stream = h.stream
+    WHERE h.topic = t.topic AND h.ready_at <= now() AND s.parked_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = h.head_id)
+      AND ` + notSolo + `
+    ORDER BY h.ready_at
+    LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+) c
+ORDER BY c.ready_at
+LIMIT $1`)
 
 	// $4 is the watermark, read under the stream's lock: only rows
 	// below it look for a skipped range.

@@ -147,8 +147,28 @@
 //
 // # What the receiver does not do
 //
-// It does not publish, does not run handlers (the inbox does), and does not
+// It does not publish (the Relay does, below), does not run handlers (the inbox does), and does not
 // order deliveries: RabbitMQ keeps a single queue's order, but redeliveries
 // and several consumers reorder. Ordering is restored by the inbox from the
 // stream and sequence headers.
+//
+// # Relay: publishing the outbox
+//
+// [Relay] publishes the messages of an inbox.Outbox. Each claim (up to
+// [RelayConfig.BatchSize] messages, at most one per stream) is published on
+// a channel in confirm mode with the mandatory flag; a message is marked
+// sent only after its basic.ack, and only if no basic.return (unroutable)
+// came for its message ID first. A returned message is dead with the
+// reason; a nacked one is retried with backoff; one whose channel or
+// connection was lost before its confirm, or whose confirm did not come
+// within [RelayConfig.ConfirmTimeout], stays pending and is published again
+// with the same ID. After a channel error in a batch, the messages of the
+// batch are published one at a time, so that a message the broker refuses
+// (a missing exchange, access refused) is charged with it and ends dead
+// instead of failing the others. Several relays share an outbox through row
+// locks (SKIP LOCKED). The relay reconnects with backoff like the receiver,
+// wakes on the outbox's NOTIFY and polls as a backstop, deletes sent rows
+// past their retention, and reports the outbox gauges while it runs.
+// [Relay.Stats] counts publishes, confirms, returns, nacks, republished
+// messages and reconnects.
 package amqp

@@ -36,7 +36,7 @@ func TestSmoke(t *testing.T) {
 
 	want := []string{resultDBCeiling, resultBrokerCeiling, resultIngestInbox, resultIngestNaive, resultIngestWatermill,
 		resultProcessingInbox, resultProcessingRiver, resultDBProcessing, resultBlockedClean, resultBlockedInbox,
-		resultOrderedInbox, latencyFixedID, latencySaturationID, resultScaleInbox}
+		resultOrderedInbox, latencyFixedID, latencySaturationID, resultRelayRaw, resultRelayInbox, resultRelayLatency, resultScaleInbox}
 	for _, id := range want {
 		res, ok := rep.result(id)
 		if !ok {
@@ -47,7 +47,7 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("result %s is incomplete: %+v", id, res)
 		}
 	}
-	for _, id := range []string{latencyFixedID, latencySaturationID} {
+	for _, id := range []string{latencyFixedID, latencySaturationID, resultRelayLatency} {
 		res, _ := rep.result(id)
 		if res.Latency == nil || res.Latency.Samples != res.Messages {
 			t.Errorf("%s: every handled message should give a latency sample: %+v", id, res.Latency)
@@ -59,7 +59,7 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	// The claim tracer recognises the library's claim statements (claimSQL).
-	for _, id := range []string{resultProcessingInbox, resultBlockedClean, resultBlockedInbox, resultScaleInbox} {
+	for _, id := range []string{resultProcessingInbox, resultBlockedClean, resultBlockedInbox, resultScaleInbox, resultRelayInbox} {
 		if res, _ := rep.result(id); res.Claims == nil || res.Claims.Claims == 0 || res.Claims.P99Ms <= 0 {
 			t.Errorf("%s: no claims timed (%+v): does claimSQL still match the library's claim?", id, res.Claims)
 		}
@@ -74,8 +74,8 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
-	if targeted != 10 {
-		t.Errorf("%d targeted comparisons, want 10: %+v", targeted, rep.Comparisons)
+	if targeted != 11 {
+		t.Errorf("%d targeted comparisons, want 11: %+v", targeted, rep.Comparisons)
 	}
 
 	var decoded Report
@@ -216,6 +216,32 @@ func TestCompareTargets(t *testing.T) {
 	}
 }
 
+// TestCompareRelay checks the relay's comparisons: the ratio to raw
+// publishing against its target, the latency figures without one.
+func TestCompareRelay(t *testing.T) {
+	rep := &Report{Results: []Result{
+		{ID: resultRelayRaw, Rate: 1000},
+		{ID: resultRelayInbox, Rate: 790},
+		{ID: resultRelayLatency, Latency: &Latency{OfferedRate: 500, P50Ms: 7, P99Ms: 20}},
+	}}
+	rep.compare()
+	if len(rep.Comparisons) != 3 {
+		t.Fatalf("comparisons = %+v, want the ratio and two latencies", rep.Comparisons)
+	}
+	ratio := rep.Comparisons[0]
+	if ratio.Against != resultRelayRaw || ratio.Met == nil || *ratio.Met || ratio.Target != 0.8 {
+		t.Errorf("0.79x should miss the 0.8x target: %+v", ratio)
+	}
+	for _, c := range rep.Comparisons[1:] {
+		if c.Unit != "ms" || c.Op != "" || c.Of != resultRelayLatency {
+			t.Errorf("latency comparison %+v should be in ms, without a target", c)
+		}
+	}
+	if !strings.Contains(rep.Comparisons[2].Name, "p99 at 500 msg/s") || rep.Comparisons[2].Value != 20 {
+		t.Errorf("p99 comparison = %+v", rep.Comparisons[2])
+	}
+}
+
 func TestParseFlags(t *testing.T) {
 	if _, err := parseFlags([]string{"-only", "processing,nope"}); err == nil {
 		t.Error("an unknown case should be refused")
@@ -243,13 +269,15 @@ func TestThousands(t *testing.T) {
 func TestChartsWithEveryComparison(t *testing.T) {
 	rep := &Report{Options: Options{ScaleRows: 1_000_000, Messages: 20000}}
 	for _, id := range []string{resultProcessingInbox, resultProcessingRiver, resultOrderedInbox, resultScaleInbox,
-		resultIngestInbox, resultIngestNaive, resultIngestWatermill, resultBrokerCeiling, resultDBCeiling, resultDBProcessing} {
+		resultIngestInbox, resultIngestNaive, resultIngestWatermill, resultBrokerCeiling, resultDBCeiling, resultDBProcessing,
+		resultRelayRaw, resultRelayInbox} {
 		rep.Results = append(rep.Results, Result{ID: id, Rate: 1000, Memory: &Memory{PeakHeapInuseMiB: 1}})
 	}
 	rep.Results = append(rep.Results,
 		Result{ID: resultBlockedClean, Rate: 1000, Claims: &ClaimLatency{P50Ms: 1, P99Ms: 2}},
 		Result{ID: resultBlockedInbox, Rate: 900, Claims: &ClaimLatency{P50Ms: 2, P99Ms: 4}},
-		Result{ID: latencyFixedID, Latency: &Latency{OfferedRate: 1000}})
+		Result{ID: latencyFixedID, Latency: &Latency{OfferedRate: 1000}},
+		Result{ID: resultRelayLatency, Rate: 900, Latency: &Latency{OfferedRate: 1000, P50Ms: 10, P99Ms: 30}})
 	rep.Soak = &Soak{OfferedRate: 100, Buckets: []SoakBucket{
 		{EndSeconds: 60, P50Ms: 4, P99Ms: 10, Claims: ClaimLatency{P50Ms: 1, P99Ms: 2}, MessagesTableMiB: 1, MessagesIndexesMiB: 1, StreamsMiB: 1, RSSMiB: 20},
 		{EndSeconds: 120, P50Ms: 5, P99Ms: 10, Claims: ClaimLatency{P50Ms: 1, P99Ms: 3}, MessagesTableMiB: 2, MessagesIndexesMiB: 1, StreamsMiB: 1, RSSMiB: 20},
@@ -269,12 +297,13 @@ func TestChartsWithEveryComparison(t *testing.T) {
 		}
 	}
 	want := map[string]bool{
-		"blocked rows vs clean":                   true,  // 0.9x >= 0.9x
-		"soak, last vs first bucket: latency p50": false, // 1.25x > 1.2x
-		"soak, last vs first bucket: claim p99":   false, // 1.5x
-		"soak, last vs first bucket: latency p99": true,
-		"processing vs River":                     false, // 1x < 3x
-		"ingest vs Watermill (no-op handler)":     true,
+		"blocked rows vs clean":                    true,  // 0.9x >= 0.9x
+		"soak, last vs first bucket: latency p50":  false, // 1.25x > 1.2x
+		"soak, last vs first bucket: claim p99":    false, // 1.5x
+		"soak, last vs first bucket: latency p99":  true,
+		"processing vs River":                      false, // 1x < 3x
+		"ingest vs Watermill (no-op handler)":      true,
+		"relay vs amqp091-go confirmed publishing": true, // 1x >= 0.8x
 	}
 	for name, met := range want {
 		if got, ok := verdicts[name]; !ok || got != met {

@@ -144,13 +144,21 @@ func runDBProcessingCeiling(ctx context.Context, n, bodySize, workers, batch int
 		return Result{}, err
 	}
 	q := pgx.Identifier{schema}.Sanitize()
+	// The inbox's claim shape (per handled topic, through the
+	// (topic, run_at, id) index of its migration 008).
 	claim := `
-SELECT id, source, message_id, topic, headers, body, attempts, received_at
-FROM ` + q + `.inbox_messages
-WHERE state = 'pending' AND stream IS NULL AND run_at <= now() AND topic = ANY($2)
-ORDER BY run_at, id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
+SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at
+FROM unnest($2::text[]) AS t(topic)
+CROSS JOIN LATERAL (
+    SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, m.run_at
+    FROM ` + q + `.inbox_messages m
+    WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic = t.topic AND m.run_at <= now()
+    ORDER BY m.run_at, m.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) c
+ORDER BY c.run_at, c.id
+LIMIT $1`
 	markDone := `
 UPDATE ` + q + `.inbox_messages
 SET state = 'done', attempts = attempts + 1, processed_at = now(), body = NULL, last_error = NULL

@@ -17,7 +17,8 @@ import (
 
 // chartLabels are the short names of results in the chart, by result ID;
 // other results show their title. The fixed-rate latency run is left out
-// of the throughput panel: its rate is the offered load.
+// of the throughput panel, as is the relay's: their rate is the offered
+// load.
 var chartLabels = map[string]string{
 	resultDBCeiling:       "DB ceiling: batched insert",
 	resultBrokerCeiling:   "Broker ceiling: ack only",
@@ -32,6 +33,8 @@ var chartLabels = map[string]string{
 	resultOrderedInbox:    "Ordered: inbox, 1000 streams",
 	latencySaturationID:   "End to end at saturation",
 	resultScaleInbox:      "Scale: inbox, %s pending",
+	resultRelayRaw:        "Publish ceiling: amqp091-go confirms",
+	resultRelayInbox:      "Relay: outbox to RabbitMQ",
 }
 
 var (
@@ -109,7 +112,7 @@ func ratesPlot(rep *Report) (*plot.Plot, error) {
 	var rs []Result
 	maxRate := 0.0
 	for _, r := range rep.Results {
-		if r.ID != latencyFixedID && r.Rate > 0 {
+		if r.ID != latencyFixedID && r.ID != resultRelayLatency && r.Rate > 0 {
 			rs = append(rs, r)
 			maxRate = max(maxRate, r.Rate)
 		}

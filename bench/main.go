@@ -3,8 +3,9 @@
 // run: the broker and database ceilings, ingest through the amqp receiver
 // against a naive consumer and Watermill, processing against River and the
 // database's own processing ceiling, processing beside rows that cannot
-// run, ordered processing, latency, and processing with a million pending
-// rows. With -soak it runs a long, steady load instead and reports it
+// run, ordered processing, latency, the outbox relay against plain
+// confirmed publishing (and its commit-to-handler latency), and processing
+// with a million pending rows. With -soak it runs a long, steady load instead and reports it
 // bucket by bucket.
 //
 // Ratios, not absolute numbers, are the point: each result is printed as a
@@ -14,6 +15,7 @@
 //	cd bench && go run .                 # the full run, a few minutes
 //	cd bench && go run . -smoke          # every case on a few hundred messages
 //	cd bench && go run . -only processing,ordered -messages 50000
+//	cd bench && go run . -only relay     # relay vs amqp091-go with confirms
 //	cd bench && go run . -soak 10m       # the soak, about 11 minutes
 package main
 
@@ -48,6 +50,7 @@ type Options struct {
 	ReceiverPrefetch int           `json:"receiver_prefetch"`
 	ReceiverBatch    int           `json:"receiver_batch"`
 	ReceiverLinger   time.Duration `json:"receiver_linger_ns"`
+	RelayBatch       int           `json:"relay_batch"`
 	Only             []string      `json:"only,omitempty"`
 	Smoke            bool          `json:"smoke"`
 	Soak             SoakOptions   `json:"soak"`
@@ -58,7 +61,7 @@ type Options struct {
 }
 
 // caseNames are the values -only accepts, in the order they run.
-var caseNames = []string{"ceiling", "ingest", "processing", "blocked", "ordered", "latency", "scale"}
+var caseNames = []string{"ceiling", "ingest", "processing", "blocked", "ordered", "latency", "relay", "scale"}
 
 func main() {
 	opts, err := parseFlags(os.Args[1:])
@@ -91,6 +94,7 @@ func parseFlags(args []string) (Options, error) {
 	fs.IntVar(&o.ReceiverPrefetch, "receiver-prefetch", 0, "amqp receiver Config.Prefetch (0: the library default)")
 	fs.IntVar(&o.ReceiverBatch, "receiver-batch", 0, "amqp receiver Config.BatchSize (0: the library default)")
 	fs.DurationVar(&o.ReceiverLinger, "receiver-linger", 0, "amqp receiver Config.BatchLinger (0: the library default)")
+	fs.IntVar(&o.RelayBatch, "relay-batch", 1000, "relay BatchSize, and the confirms the raw publisher it is compared with has in flight")
 	fs.StringVar(&only, "only", "", "comma-separated cases to run, of: "+strings.Join(caseNames, ", "))
 	fs.BoolVar(&o.Smoke, "smoke", false, "every case on a few hundred messages: checks the program works, measures nothing")
 	fs.StringVar(&o.JSON, "json", "", "write the results as JSON to this file")
@@ -147,6 +151,8 @@ func (o Options) validate() error {
 		return errors.New("-blocked-rows must be at least 2")
 	case o.InboxWorkers < 1 || o.RiverWorkers < 1:
 		return errors.New("-inbox-workers and -river-workers must be positive")
+	case o.RelayBatch < 1 || o.RelayBatch > 65535:
+		return errors.New("-relay-batch must be 1 to 65535")
 	case o.InboxBatch < 0 || o.ReceiverPrefetch < 0 || o.ReceiverBatch < 0 || o.ReceiverLinger < 0:
 		return errors.New("-inbox-batch and the -receiver flags must not be negative")
 	case o.Chart != "" && !slices.Contains([]string{".png", ".svg"}, filepath.Ext(o.Chart)):
@@ -262,6 +268,7 @@ func (b *bench) cases() []benchCase {
 		{[]string{"blocked"}, b.blocked},
 		{[]string{"ordered"}, b.ordered},
 		{[]string{"latency"}, b.latency},
+		{[]string{"relay"}, b.relay},
 		{[]string{"scale"}, b.scale},
 	}
 }
@@ -316,5 +323,5 @@ func (b *bench) describeMachine(ctx context.Context) error {
 }
 
 func (b *bench) needsBroker() bool {
-	return b.opts.Soak.Duration > 0 || b.opts.runs("ceiling") || b.opts.runs("ingest") || b.opts.runs("latency")
+	return b.opts.Soak.Duration > 0 || b.opts.runs("ceiling") || b.opts.runs("ingest") || b.opts.runs("latency") || b.opts.runs("relay")
 }

@@ -65,6 +65,24 @@ INSERT INTO `+q+`.inbox_streams (source, stream, next_seq)
 SELECT 'bench', $2 || '-' || g, 1 FROM generate_series(0, $1::int - 1) g`, min(r.streams, r.n), r.streamPrefix); err != nil {
 			return fmt.Errorf("create streams in %s: %w", schema, err)
 		}
+		// What Store keeps for each stream a claim may take (migration
+		// 008 of the inbox): its head, here the message at sequence 1.
+		if _, err := pool.Exec(ctx, `
+INSERT INTO `+q+`.inbox_stream_heads (source, stream, next_seq, low_seq, high_seq, ready_at, topic, head_id)
+SELECT s.source, s.stream, s.next_seq, r.low_seq, r.high_seq, h.run_at, h.topic, h.id
+FROM `+q+`.inbox_streams s
+CROSS JOIN LATERAL (
+    SELECT min(m.seq) AS low_seq, max(m.seq) AS high_seq FROM `+q+`.inbox_messages m
+    WHERE m.source = s.source AND m.stream = s.stream AND m.state = 'pending' AND m.stream IS NOT NULL) r
+LEFT JOIN LATERAL (
+    SELECT m.id, m.topic, m.run_at FROM `+q+`.inbox_messages m
+    WHERE m.source = s.source AND m.stream = s.stream AND m.state = 'pending' AND m.stream IS NOT NULL
+      AND m.seq = s.next_seq
+    ORDER BY m.id LIMIT 1) h ON true
+WHERE s.stream LIKE $1 || '-%'
+ON CONFLICT (source, stream) DO NOTHING`, r.streamPrefix); err != nil {
+			return fmt.Errorf("create stream heads in %s: %w", schema, err)
+		}
 	}
 	return nil
 }
@@ -77,7 +95,7 @@ SELECT 'bench', $2 || '-' || g, 1 FROM generate_series(0, $1::int - 1) g`, min(r
 // of WAL set off a checkpoint in the middle of the measurement.
 func settle(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	q := pgx.Identifier{schema}.Sanitize()
-	if _, err := pool.Exec(ctx, "VACUUM (ANALYZE) "+q+".inbox_messages, "+q+".inbox_streams"); err != nil {
+	if _, err := pool.Exec(ctx, "VACUUM (ANALYZE) "+q+".inbox_messages, "+q+".inbox_streams, "+q+".inbox_stream_heads"); err != nil {
 		return fmt.Errorf("vacuum %s: %w", schema, err)
 	}
 	// CHECKPOINT needs superuser or pg_checkpoint; without them the run

@@ -37,6 +37,9 @@ type Options struct {
 	// Timeout bounds the database work of one request. Defaults to
 	// DefaultTimeout.
 	Timeout time.Duration
+	// Outbox, when set, adds the outbox's figures (pending, oldest pending,
+	// sent in the last minute, dead) to the overview. Defaults to none.
+	Outbox *inbox.Outbox
 	// CSRFKey signs the CSRF tokens. Defaults to a random key per handler,
 	// which is right unless several instances serve the same users behind
 	// a load balancer: give them one shared key of at least 32 bytes.

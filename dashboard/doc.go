@@ -7,7 +7,9 @@
 //   - Overview: per topic the pending, ready, scheduled, running, done and
 //     dead counts, the oldest pending age and the messages processed per
 //     minute; a chart of the last hour; parked streams and streams waiting
-//     on a gap.
+//     on a gap; with Options.Outbox, the outbox's pending, oldest pending,
+//     sent in the last minute and dead (inboxctl ui adds it when the schema
+//     has outbox tables).
 //   - Dead messages: grouped by failure (the error text with numbers, UUIDs
 //     and hex IDs masked), with counts; filters by topic, error text and
 //     time; one message in detail (headers, attempts, last error, the start

@@ -15,6 +15,7 @@ type overviewData struct {
 	Parked, Gap    []inbox.StreamInfo
 	MoreParked     bool
 	MoreGap        bool
+	Outbox         *inbox.OutboxStats // nil without Options.Outbox
 }
 
 // overviewStreams is how many parked and gap-waiting streams the overview
@@ -45,6 +46,14 @@ func (d *dashboard) overview(w http.ResponseWriter, r *http.Request) {
 	if data.Gap, err = d.in.PageStreams(ctx, inbox.StreamQuery{State: "gap", Limit: overviewStreams + 1}); err != nil {
 		d.fail(w, r, err)
 		return
+	}
+	if d.opts.Outbox != nil {
+		ob, err := d.opts.Outbox.Stats(ctx)
+		if err != nil {
+			d.fail(w, r, err)
+			return
+		}
+		data.Outbox = &ob
 	}
 	data.Parked, data.MoreParked = firstN(data.Parked, overviewStreams)
 	data.Gap, data.MoreGap = firstN(data.Gap, overviewStreams)

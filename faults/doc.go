@@ -6,7 +6,11 @@
 // and with FAULTS_RESTARTS set restarts of the PostgreSQL server and the
 // broker) and check from the database and the broker that every confirmed
 // message was applied exactly once, in stream order, and that nothing is
-// left behind. See docs/faults.md.
+// left behind. The chained cases run the ledger on through the transactional
+// outbox: a relay process (cmd/ledger-relay) publishes the consumer's
+// follow-ups to a second inbox, and the relay is killed, cut off from the
+// broker and from the database. See docs/faults.md.
 //
-// The package has no API; it holds only the tests and the consumer command.
+// The package has no API; it holds only the tests and the consumer and
+// relay commands.
 package faults

@@ -27,28 +27,38 @@ import (
 
 // consumerBin is the consumer process the cases run: the ledger-consumer
 // built once for this test binary, or the user's own from FAULTS_CONSUMER.
-var consumerBin string
+// relayBin is the chained cases' relay process, cmd/ledger-relay.
+var consumerBin, relayBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
 func runMain(m *testing.M) int {
-	if bin := os.Getenv("FAULTS_CONSUMER"); bin != "" {
-		consumerBin = bin
-		return m.Run()
-	}
 	dir, err := os.MkdirTemp("", "faults-consumer-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faults: temp dir:", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	consumerBin = filepath.Join(dir, "ledger-consumer")
-	build := exec.Command("go", "build", "-o", consumerBin, "./cmd/ledger-consumer")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "faults: build the consumer: %v\n%s", err, out)
+	build := func(name string) (string, error) {
+		bin := filepath.Join(dir, name)
+		out, err := exec.Command("go", "build", "-o", bin, "./cmd/"+name).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+		}
+		return bin, nil
+	}
+	if relayBin, err = build("ledger-relay"); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
+	}
+	consumerBin = os.Getenv("FAULTS_CONSUMER")
+	if consumerBin == "" {
+		if consumerBin, err = build("ledger-consumer"); err != nil {
+			fmt.Fprintln(os.Stderr, "faults:", err)
+			return 1
+		}
 	}
 	return m.Run()
 }
@@ -274,6 +284,12 @@ type proc struct {
 // PostgreSQL application_name) with extra environment variables.
 func (e *env) start(name string, extra ...string) *proc {
 	e.t.Helper()
+	return e.startBin(consumerBin, name, extra...)
+}
+
+// startBin is start for the process bin: the consumer or the relay.
+func (e *env) startBin(bin, name string, extra ...string) *proc {
+	e.t.Helper()
 	e.mu.Lock()
 	e.nprocs++
 	n := e.nprocs
@@ -287,7 +303,7 @@ func (e *env) start(name string, extra ...string) *proc {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	p.cmd = exec.Command(consumerBin)
+	p.cmd = exec.Command(bin)
 	p.cmd.Env = append(os.Environ(),
 		"FAULTS_POSTGRES_URL="+e.pgURL,
 		"FAULTS_SCHEMA="+e.schema,

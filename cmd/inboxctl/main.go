@@ -1,6 +1,7 @@
 // Command inboxctl operates an inbox of github.com/inboxkit/inbox from the
 // command line: it migrates the schema, shows statistics, lists, explains,
-// replays and deletes dead messages, and unblocks parked or gapped streams.
+// replays and deletes dead messages, unblocks parked or gapped streams,
+// operates the outbox and serves the web dashboard.
 //
 // Usage:
 //
@@ -18,6 +19,8 @@
 //	streams list [--parked|--gap|--all]
 //	streams retry SOURCE STREAM   unpark a stream, requeueing its dead message
 //	streams skip SOURCE STREAM    move a stream past the message or gap that blocks it
+//	outbox stats|list|retry|delete  the outbox's figures, outgoing messages, replay
+//	ui [--listen ADDR]            serve the web dashboard
 //
 // The database is --url, else $INBOX_POSTGRES_URL, else the local default
 // postgres://postgres@127.0.0.1:5432/test?sslmode=disable. The schema is
@@ -83,6 +86,8 @@ Commands:
   streams retry SOURCE STREAM     unpark a stream; its dead message is requeued and runs next
   streams skip SOURCE STREAM      move a stream past the message (or missing sequence
                                   numbers) that blocks it
+  outbox stats|list|retry|delete  the outbox: figures, outgoing messages, replay or delete
+                                  dead ones ('inboxctl outbox' lists the details)
   ui [--listen ADDR] [--read-only]  serve the web dashboard (default 127.0.0.1:8080)
 
 Filters of dead list, retry and delete:
@@ -240,6 +245,8 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		return a.streams(ctx, sub, tail(rest))
 	case "ui":
 		return a.ui(ctx, rest)
+	case "outbox":
+		return a.outbox(ctx, sub, tail(rest))
 	}
 	return usagef("unknown command %q", cmd)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/dashboard"
 )
 
@@ -28,7 +29,12 @@ func (a *app) ui(ctx context.Context, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(a.stderr, nil))
-	handler, err := dashboard.New(a.inbox, dashboard.Options{ReadOnly: *readOnly, Logger: logger})
+	opts := dashboard.Options{ReadOnly: *readOnly, Logger: logger}
+	// The overview shows the outbox when the schema has one.
+	if ob, err := inbox.NewOutbox(a.pool, inbox.OutboxConfig{Schema: a.opts.schema}); err == nil && a.withTimeout(ctx, ob.CheckSchema) == nil {
+		opts.Outbox = ob
+	}
+	handler, err := dashboard.New(a.inbox, opts)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,10 @@
 //	FAULTS_WORKERS       inbox workers (default 4)
 //	FAULTS_NO_TOPOLOGY   when set, the receiver does not declare the queue,
 //	                     so a deleted queue stays missing
+//	FAULTS_FORWARD_QUEUE when set, the handler also enqueues one follow-up
+//	                     per message to this queue through the schema's
+//	                     outbox, in its transaction (the chained cases; a
+//	                     relay, cmd/ledger-relay, publishes them)
 //
 // Messages whose ID starts with "fail-" fail permanently and those starting
 // with "panic-" make the handler panic: the suite checks that they end dead
@@ -24,6 +28,11 @@
 // process exit at once with status ExitCode, as a Go fatal error or an OOM
 // kill would end it: the suite restarts it and checks that they end dead
 // ("process died during the handler") after MaxAttempts runs alone.
+//
+// A follow-up has an ID derived from the message's (so a retried handler
+// enqueues the same one), the message's stream (its sequence is the
+// outbox's), its body, type "ledger", and the message's ID in the header
+// OriginHeader, by which the suite matches follow-ups with the ledger.
 //
 // SIGTERM or SIGINT stops it gracefully: the receiver stores and acks the
 // batch in hand, then the inbox finishes the handlers in flight.
@@ -55,6 +64,9 @@ const Topic = "ledger"
 // ExitCode is the status the process exits with for "exit-" messages.
 const ExitCode = 7
 
+// OriginHeader carries, on a follow-up, the ID of the message that caused it.
+const OriginHeader = "x-origin-id"
+
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -68,6 +80,7 @@ func main() {
 
 type settings struct {
 	pgURL, schema, amqpURL, queue, name string
+	forward                             string
 	ackDelay                            time.Duration
 	workers                             int
 	noTopology                          bool
@@ -80,6 +93,7 @@ func load() (settings, error) {
 		amqpURL: os.Getenv("FAULTS_AMQP_URL"),
 		queue:   os.Getenv("FAULTS_QUEUE"),
 		name:    os.Getenv("FAULTS_NAME"),
+		forward: os.Getenv("FAULTS_FORWARD_QUEUE"),
 		workers: 4,
 
 		noTopology: os.Getenv("FAULTS_NO_TOPOLOGY") != "",
@@ -138,6 +152,12 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var ob *inbox.Outbox
+	if s.forward != "" {
+		if ob, err = inbox.NewOutbox(pool, inbox.OutboxConfig{Schema: s.schema, Logger: log}); err != nil {
+			return err
+		}
+	}
 	effects := sqlident.Quote(s.schema) + ".effects"
 	in.Handle(Topic, func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 		switch {
@@ -152,6 +172,18 @@ func run(ctx context.Context, log *slog.Logger) error {
 			m.ID, m.Stream, m.Seq)
 		if err != nil {
 			return fmt.Errorf("insert effect of %s: %w", m.ID, err)
+		}
+		if ob != nil {
+			_, err = ob.Enqueue(ctx, tx, inbox.OutgoingMessage{
+				RoutingKey: s.forward,
+				Type:       Topic,
+				Stream:     m.Stream,
+				Headers:    map[string]string{OriginHeader: m.ID},
+				Body:       m.Body,
+			})
+			if err != nil {
+				return fmt.Errorf("enqueue follow-up of %s: %w", m.ID, err)
+			}
 		}
 		return nil
 	})
@@ -182,7 +214,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err := in.Start(ctx); err != nil {
 		return err
 	}
-	log.Info("ledger-consumer running", "queue", s.queue, "schema", s.schema, "ack_delay", s.ackDelay)
+	log.Info("ledger-consumer running", "queue", s.queue, "schema", s.schema, "ack_delay", s.ackDelay, "forward_to", s.forward)
 	// Run returns once ctx is cancelled (SIGTERM), after storing and acking
 	// the batch in hand.
 	runErr := rcv.Run(ctx)

@@ -1,0 +1,102 @@
+package inbox
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/inboxkit/inbox/internal/sqlident"
+	"github.com/inboxkit/inbox/internal/testenv"
+)
+
+// TestClaimsDoNotReadBlockedRows checks, in the plans the server actually
+// ran, that the claims and the gap sweep read no message that cannot run:
+// beside one runnable message and one runnable stream lie pending rows of a
+// topic without a handler and a stream that waits on a gap, many of each.
+// Rows counted are those the scans of inbox_messages returned or filtered
+// out; the bound is far below the blocked rows and far above the few the
+// statements need.
+func TestClaimsDoNotReadBlockedRows(t *testing.T) {
+	t.Parallel()
+	pool, schema := testenv.Schema(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	in, err := New(pool, Config{Schema: schema, DisableListen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Handle("t", func(context.Context, pgx.Tx, *Message) error { return nil })
+	const blocked = 1000
+	var msgs []Message
+	for i := range blocked {
+		msgs = append(msgs,
+			Message{ID: fmt.Sprintf("u-%d", i), Topic: "unhandled"},
+			// Sequence 1 never comes: the stream waits on a gap.
+			Message{ID: fmt.Sprintf("g-%d", i), Topic: "t", Stream: "gapped", Seq: int64(i + 2)})
+	}
+	msgs = append(msgs, Message{ID: "run", Topic: "t"}, Message{ID: "s-1", Topic: "t", Stream: "ready", Seq: 1})
+	for from := 0; from < len(msgs); from += 500 {
+		if _, err := in.Store(ctx, msgs[from:min(from+500, len(msgs))]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE `+sqlident.Quote(schema)+`.inbox_messages`); err != nil {
+		t.Fatal(err)
+	}
+	topics := []string{"t"}
+	for _, c := range []struct {
+		name string
+		sql  string
+		args []any
+		want int // rows the statement returns
+	}{
+		{"unordered claim", in.e.sql.claimUnordered, []any{50, topics}, 1},
+		{"stream claim", in.e.sql.claimStreams, []any{8, topics}, 1},
+		{"gap sweep", in.e.sql.findGaps, []any{60.0, 1000}, 1},
+		{"suspect claim", in.e.sql.claimSuspect, []any{topics}, 0},
+		{"suspect stream claim", in.e.sql.claimSuspectStream, []any{topics}, 0},
+	} {
+		returned, read := explainRows(t, ctx, pool, c.sql, c.args...)
+		if returned != c.want {
+			t.Errorf("%s returned %d rows, want %d", c.name, returned, c.want)
+		}
+		if read > 100 {
+			t.Errorf("%s read %d rows of inbox_messages beside %d blocked ones; it must read only what it returns", c.name, read, 2*blocked)
+		}
+	}
+}
+
+// explainRows runs sql under EXPLAIN ANALYZE, in a transaction rolled back
+// after, and returns the rows of its top node and the rows that its scans
+// of inbox_messages produced or removed by filter.
+func explainRows(t *testing.T, ctx context.Context, db beginner, sql string, args ...any) (returned, read int) {
+	t.Helper()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rollback(tx)
+	var plans []map[string]any
+	if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+sql, args...).Scan(&plans); err != nil {
+		t.Fatalf("explain: %v\n%s", err, sql)
+	}
+	top := plans[0]["Plan"].(map[string]any)
+	var walk func(n map[string]any)
+	walk = func(n map[string]any) {
+		if n["Relation Name"] == "inbox_messages" {
+			loops, _ := n["Actual Loops"].(float64)
+			rows, _ := n["Actual Rows"].(float64)
+			removed, _ := n["Rows Removed by Filter"].(float64)
+			read += int((rows + removed) * max(loops, 1))
+		}
+		children, _ := n["Plans"].([]any)
+		for _, c := range children {
+			walk(c.(map[string]any))
+		}
+	}
+	walk(top)
+	return int(top["Actual Rows"].(float64)), read
+}

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS {schema}.outbox_streams;
+DROP TABLE IF EXISTS {schema}.outbox_messages;

@@ -1,0 +1,237 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+)
+
+// The relay's side of the Outbox: a relay (package amqp's Relay, or one of
+// your own for another broker) claims pending messages, publishes them and
+// settles the claim with what the broker said.
+
+// OutboxMessage is a claimed outgoing message, ready to publish.
+type OutboxMessage struct {
+	RowID       int64
+	ID          string
+	Exchange    string
+	RoutingKey  string
+	Type        string
+	ContentType string
+	Stream      string // "" when unordered
+	Seq         int64  // the position in Stream
+	Headers     map[string]string
+	Body        []byte
+	Attempt     int // 1-based number of this publish attempt
+	CreatedAt   time.Time
+}
+
+// OutboxClaim holds claimed messages: row locks in a transaction of its own,
+// so no other relay publishes them meanwhile, and a relay that dies releases
+// them with its connection. Settle it, or Release it.
+type OutboxClaim struct {
+	ob       *Outbox
+	tx       pgx.Tx
+	Messages []OutboxMessage
+	done     bool
+}
+
+// OutboxFailure is a message the broker did not take.
+type OutboxFailure struct {
+	RowID int64
+	Err   error
+	// Dead gives up at once (unroutable, refused for good); otherwise the
+	// message is retried after a backoff, and dead after
+	// OutboxConfig.MaxAttempts.
+	Dead bool
+}
+
+// Claim locks up to limit publishable messages: unordered ones, and of each
+// stream only the first unsent one. It returns a claim with no messages when
+// there is nothing to do (Release is then optional).
+func (o *Outbox) Claim(ctx context.Context, limit int) (*OutboxClaim, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("inbox: outbox claim limit %d must be positive", limit)
+	}
+	tx, err := o.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("inbox: begin outbox claim: %w", err)
+	}
+	rows, err := tx.Query(ctx, o.sql.claim, limit)
+	var msgs []OutboxMessage
+	if err == nil {
+		msgs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (OutboxMessage, error) {
+			var m OutboxMessage
+			err := row.Scan(&m.RowID, &m.ID, &m.Exchange, &m.RoutingKey, &m.Type, &m.ContentType, &m.Stream, &m.Seq,
+				&m.Headers, &m.Body, &m.Attempt, &m.CreatedAt)
+			m.Attempt++
+			return m, err
+		})
+	}
+	if err != nil {
+		rollback(tx)
+		return nil, fmt.Errorf("inbox: claim outgoing messages: %w", err)
+	}
+	c := &OutboxClaim{ob: o, tx: tx, Messages: msgs}
+	if len(msgs) == 0 {
+		c.Release()
+	}
+	return c, nil
+}
+
+// Settle records the outcome and releases the claim: sent messages are
+// marked sent, failures retried or dead; messages in neither list stay
+// pending, unchanged, for the next claim (publish them again: their fate is
+// unknown). It fails if the claim's transaction was lost; then nothing is
+// recorded and every message stays pending.
+func (c *OutboxClaim) Settle(ctx context.Context, sent []int64, failed []OutboxFailure) error {
+	if c.done {
+		return errors.New("inbox: outbox claim already settled or released")
+	}
+	defer c.Release()
+	o := c.ob
+	attempt := make(map[int64]int, len(c.Messages))
+	for _, m := range c.Messages {
+		attempt[m.RowID] = m.Attempt
+	}
+	b := &pgx.Batch{}
+	if len(sent) > 0 {
+		b.Queue(o.sql.markSent, sent)
+	}
+	dead := 0
+	for _, f := range failed {
+		state, delay := "pending", o.cfg.retryDelay(attempt[f.RowID])
+		if f.Dead || attempt[f.RowID] >= o.cfg.MaxAttempts {
+			state, delay = "dead", 0
+			dead++
+		}
+		b.Queue(o.sql.markFailed, f.RowID, errorText(f.Err), state, delay.Seconds())
+	}
+	if b.Len() > 0 {
+		if err := c.tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("inbox: record outcome of %d outgoing messages: %w", len(sent)+len(failed), err)
+		}
+	}
+	if err := c.tx.Commit(ctx); err != nil {
+		return fmt.Errorf("inbox: commit outcome of %d outgoing messages: %w", len(sent)+len(failed), err)
+	}
+	c.done = true
+	o.tel.settled(len(sent), len(failed)-dead, dead)
+	for _, f := range failed {
+		o.log.warn("outbox: broker did not take message", "row_id", f.RowID, "attempt", attempt[f.RowID], "dead", f.Dead || attempt[f.RowID] >= o.cfg.MaxAttempts, "error", firstLine(f.Err))
+	}
+	return nil
+}
+
+// Release gives the claimed messages back untouched. It is safe to call
+// after Settle, and more than once.
+func (c *OutboxClaim) Release() {
+	if c.done {
+		return
+	}
+	c.done = true
+	rollback(c.tx)
+}
+
+// Wakeup receives a value when messages were enqueued through this Outbox
+// (in this process); Listen adds those of other processes. A relay waits on
+// it, with polling as the backstop.
+func (o *Outbox) Wakeup() <-chan struct{} { return o.wake.c }
+
+// Listen wakes relays on the NOTIFY that Enqueue sends at commit, from any
+// process, until ctx ends. It holds a dedicated connection outside the pool
+// and reconnects with backoff; notifications sent while it is down are lost,
+// which polling covers.
+func (o *Outbox) Listen(ctx context.Context) {
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval = 100 * time.Millisecond
+	retry.MaxInterval = 10 * time.Second
+	retry.MaxElapsedTime = 0
+	for ctx.Err() == nil {
+		started := time.Now()
+		err := o.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > time.Minute {
+			retry.Reset()
+		}
+		delay := retry.NextBackOff()
+		o.log.warn("outbox listener disconnected; polling until it reconnects", "error", err, "retry_in", delay)
+		o.wake.signal() // messages may have come while nobody listened
+		timer := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+	}
+}
+
+func (o *Outbox) listenOnce(ctx context.Context) error {
+	connectCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.ConnectConfig(connectCtx, o.pool.Config().ConnConfig.Copy())
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{OutboxNotifyChannel(o.cfg.Schema)}.Sanitize()); err != nil {
+		return err
+	}
+	// Anything committed before LISTEN took effect is found by this claim.
+	o.wake.signal()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		}
+		o.wake.signal()
+	}
+}
+
+// CleanupSent deletes sent messages older than OutboxConfig.Retention, in
+// batches of OutboxConfig.CleanupBatch, and returns how many it deleted.
+// Several relays may run it at once.
+func (o *Outbox) CleanupSent(ctx context.Context) (int64, error) {
+	var total int64
+	for {
+		tag, err := o.pool.Exec(ctx, o.sql.cleanup, o.cfg.Retention.Seconds(), o.cfg.CleanupBatch)
+		if err != nil {
+			return total, fmt.Errorf("inbox: delete sent outgoing messages past retention: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(o.cfg.CleanupBatch) || ctx.Err() != nil {
+			return total, nil
+		}
+	}
+}
+
+// CheckSchema reports whether the outbox tables exist.
+func (o *Outbox) CheckSchema(ctx context.Context) error {
+	var ok bool
+	err := o.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+		o.table("outbox_messages"), o.table("outbox_streams")).Scan(&ok)
+	if err != nil {
+		return fmt.Errorf("inbox: check schema %s: %w", o.cfg.Schema, err)
+	}
+	if !ok {
+		return fmt.Errorf("inbox: schema %s has no outbox tables: run migrations.Up first", o.cfg.Schema)
+	}
+	return nil
+}
+
+func (o *Outbox) table(name string) string {
+	return pgx.Identifier{o.cfg.Schema, name}.Sanitize()
+}
