@@ -221,10 +221,7 @@ func (c Config) validate() error {
 	if err := sqlident.Validate(c.Schema); err != nil {
 		return fmt.Errorf("inbox: Config.Schema: %w", err)
 	}
-	positive := []struct {
-		name string
-		ok   bool
-	}{
+	if err := requirePositive("Config", []positiveField{
 		{"Workers", c.Workers > 0},
 		{"BatchSize", c.BatchSize > 0},
 		{"StreamBatchSize", c.StreamBatchSize > 0},
@@ -240,11 +237,8 @@ func (c Config) validate() error {
 		{"CleanupBatch", c.CleanupBatch > 0},
 		{"MaintenanceInterval", c.MaintenanceInterval > 0},
 		{"GapTimeout", c.GapTimeout > 0},
-	}
-	for _, p := range positive {
-		if !p.ok {
-			return fmt.Errorf("inbox: Config.%s must be positive (RetryMax at least RetryInitial)", p.name)
-		}
+	}); err != nil {
+		return err
 	}
 	if c.RetryJitter > 1 {
 		return fmt.Errorf("inbox: Config.RetryJitter %v must be at most 1", c.RetryJitter)
@@ -254,6 +248,24 @@ func (c Config) validate() error {
 	}
 	if len(c.Source) > MaxIDBytes {
 		return fmt.Errorf("inbox: Config.Source is longer than %d bytes", MaxIDBytes)
+	}
+	return nil
+}
+
+// positiveField is a configuration field that must be positive, and
+// whether it is.
+type positiveField struct {
+	name string
+	ok   bool
+}
+
+// requirePositive names the first of fields, of the configuration struct
+// typ, that is not positive.
+func requirePositive(typ string, fields []positiveField) error {
+	for _, f := range fields {
+		if !f.ok {
+			return fmt.Errorf("inbox: %s.%s must be positive (RetryMax at least RetryInitial)", typ, f.name)
+		}
 	}
 	return nil
 }

@@ -162,7 +162,8 @@
 // in one place (telemetry_names.go): the instrumentation scope
 // [InstrumentationName]; the metrics, MetricStored to
 // MetricStreamsMaxLag (counters per topic, histograms of handler duration
-// and end-to-end latency, backlog and stream gauges); the attributes, such
+// and end-to-end latency, backlog and stream gauges); the outbox's,
+// MetricOutboxEnqueued to MetricOutboxDead; the attributes, such
 // as [AttrTopic] and [AttrSchema]; and the trace-context headers
 // ([HeaderTraceParent]). A handler's span continues the trace its message
 // carried in, so one trace runs from the publisher to the handler.
@@ -182,10 +183,11 @@
 // time, each after the previous one's publisher confirm, with the stream and
 // sequence in the headers the amqp receiver reads by default. Messages the
 // broker refuses are retried with backoff ([OutboxConfig.MaxAttempts]), and
-// unroutable ones are dead at once; [Outbox.ListOutbox], [Outbox.RetryOutbox]
-// and [Outbox.DeleteOutbox] (and inboxctl outbox) handle them, and
-// [Outbox.Stats] gives the figures. The trace context of the enqueuing span
-// travels in the traceparent header.
+// unroutable ones are dead at once; [Outbox.ListMessages],
+// [Outbox.RetryDeadMessages] and [Outbox.DeleteDeadMessages] (and inboxctl
+// outbox) handle them, and [Outbox.Stats] gives the figures. The trace
+// context of the enqueuing span travels in the traceparent header. See
+// docs/outbox.md.
 //
 // For tests of a service, the module github.com/inboxkit/inbox/inboxtest
 // gives each test a migrated schema of its own, and helpers to publish

@@ -41,6 +41,6 @@ func newQueries(schema string) queries {
 		messageQueries: newMessageQueries(r),
 		headQueries:    newHeadQueries(r),
 		stats:          newStatsQueries(r),
-		listen:         "LISTEN " + sqlident.Quote(channelName(schema)),
+		listen:         "LISTEN " + sqlident.Quote(channelName("inbox_", schema)),
 	}
 }

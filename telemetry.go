@@ -69,49 +69,63 @@ func newTelemetry(cfg Config, log logger) *telemetry {
 		tracer: tp.Tracer(InstrumentationName),
 		topics: map[string]attribute.Set{},
 	}
-	// The API returns a working (if possibly no-op) instrument along with
-	// any error, so a bad SDK configuration costs metrics, not the inbox.
-	var errs []error
-	counter := func(name, desc string) metric.Int64Counter {
-		c, err := t.meter.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
-		errs = append(errs, err)
-		return c
-	}
-	t.stored = counter(MetricStored, "Messages stored in the inbox.")
-	t.duplicates = counter(MetricDuplicates, "Messages not stored because they were already stored or applied.")
-	t.processed = counter(MetricProcessed, "Messages whose handler committed.")
-	t.retried = counter(MetricRetried, "Failed handler attempts that will be retried.")
-	t.dead = counter(MetricDead, "Messages given up on (dead).")
-	histogram := func(name, desc string, buckets []float64) metric.Float64Histogram {
-		h, err := t.meter.Float64Histogram(name, metric.WithDescription(desc), metric.WithUnit("s"),
-			metric.WithExplicitBucketBoundaries(buckets...))
-		errs = append(errs, err)
-		return h
-	}
-	intGauge := func(name, desc, unit string) metric.Int64ObservableGauge {
-		g, err := t.meter.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
-		errs = append(errs, err)
-		return g
-	}
-	secondsGauge := func(name, desc string) metric.Float64ObservableGauge {
-		g, err := t.meter.Float64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit("s"))
-		errs = append(errs, err)
-		return g
-	}
-	t.handlerDuration = histogram(MetricHandlerDuration, "Duration of handler runs.", handlerBuckets)
-	t.latency = histogram(MetricLatency, "Time from storing a message to the commit of its handler.", latencyBuckets)
-	t.backlog = intGauge(MetricBacklog, "Pending messages per topic (due now or scheduled for a retry).", "{message}")
-	t.unhandled = intGauge(MetricUnhandledBacklog, "Pending messages per topic that this inbox has no handler for.", "{message}")
-	t.oldestAge = secondsGauge(MetricOldestPendingAge, "Age of the oldest pending message per topic.")
-	t.parked = intGauge(MetricStreamsParked, "Parked streams.", "{stream}")
-	t.inGap = intGauge(MetricStreamsGap, "Streams waiting for a missing sequence number.", "{stream}")
-	t.maxLag = secondsGauge(MetricStreamsMaxLag, "How long the longest-waiting due message of any stream has been due.")
+	ins := &instruments{meter: t.meter}
+	t.stored = ins.counter(MetricStored, "Messages stored in the inbox.")
+	t.duplicates = ins.counter(MetricDuplicates, "Messages not stored because they were already stored or applied.")
+	t.processed = ins.counter(MetricProcessed, "Messages whose handler committed.")
+	t.retried = ins.counter(MetricRetried, "Failed handler attempts that will be retried.")
+	t.dead = ins.counter(MetricDead, "Messages given up on (dead).")
+	t.handlerDuration = ins.histogram(MetricHandlerDuration, "Duration of handler runs.", handlerBuckets)
+	t.latency = ins.histogram(MetricLatency, "Time from storing a message to the commit of its handler.", latencyBuckets)
+	t.backlog = ins.intGauge(MetricBacklog, "Pending messages per topic (due now or scheduled for a retry).", "{message}")
+	t.unhandled = ins.intGauge(MetricUnhandledBacklog, "Pending messages per topic that this inbox has no handler for.", "{message}")
+	t.oldestAge = ins.secondsGauge(MetricOldestPendingAge, "Age of the oldest pending message per topic.")
+	t.parked = ins.intGauge(MetricStreamsParked, "Parked streams.", "{stream}")
+	t.inGap = ins.intGauge(MetricStreamsGap, "Streams waiting for a missing sequence number.", "{stream}")
+	t.maxLag = ins.secondsGauge(MetricStreamsMaxLag, "How long the longest-waiting due message of any stream has been due.")
 	t.schemaAttrs = attribute.NewSet(attribute.String(AttrSchema, cfg.Schema))
-	if err := errors.Join(errs...); err != nil {
+	if err := ins.err(); err != nil {
 		log.warn("inbox: some metric instruments could not be created; they report nothing", "error", err)
 	}
 	return t
 }
+
+// instruments makes a meter's instruments. The API returns a working (if
+// possibly no-op) instrument along with any error, so a bad SDK
+// configuration costs metrics, not the inbox: the errors are gathered, for
+// one warning.
+type instruments struct {
+	meter metric.Meter
+	errs  []error
+}
+
+func (in *instruments) counter(name, desc string) metric.Int64Counter {
+	c, err := in.meter.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
+	in.errs = append(in.errs, err)
+	return c
+}
+
+func (in *instruments) histogram(name, desc string, buckets []float64) metric.Float64Histogram {
+	h, err := in.meter.Float64Histogram(name, metric.WithDescription(desc), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(buckets...))
+	in.errs = append(in.errs, err)
+	return h
+}
+
+func (in *instruments) intGauge(name, desc, unit string) metric.Int64ObservableGauge {
+	g, err := in.meter.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
+	in.errs = append(in.errs, err)
+	return g
+}
+
+func (in *instruments) secondsGauge(name, desc string) metric.Float64ObservableGauge {
+	g, err := in.meter.Float64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit("s"))
+	in.errs = append(in.errs, err)
+	return g
+}
+
+// err joins the errors of the instruments that could not be made.
+func (in *instruments) err() error { return errors.Join(in.errs...) }
 
 // topicAttrs returns the attribute set of topic, shared by all its
 // measurements.

@@ -83,3 +83,23 @@ const (
 	HeaderTraceParent = "traceparent"
 	HeaderTraceState  = "tracestate"
 )
+
+// Names of the outbox's metric instruments, all with attribute AttrSchema.
+const (
+	// MetricOutboxEnqueued counts messages enqueued (when Enqueue returns,
+	// before the caller commits).
+	MetricOutboxEnqueued = "inbox.outbox.enqueued"
+	// MetricOutboxSent counts messages the broker confirmed; its rate is the
+	// outbox's throughput.
+	MetricOutboxSent = "inbox.outbox.sent"
+	// MetricOutboxRetried counts refused publishes that will be retried.
+	MetricOutboxRetried = "inbox.outbox.retried"
+	// MetricOutboxFailed counts messages that went dead.
+	MetricOutboxFailed = "inbox.outbox.failed"
+	// MetricOutboxPending, MetricOutboxOldestPendingAge (seconds) and
+	// MetricOutboxDead are observable gauges of OutboxStats' figures,
+	// reported while a relay runs (see Outbox.ObserveStats).
+	MetricOutboxPending          = "inbox.outbox.pending"
+	MetricOutboxOldestPendingAge = "inbox.outbox.oldest_pending.age"
+	MetricOutboxDead             = "inbox.outbox.dead"
+)

@@ -24,12 +24,12 @@ func (c Config) notifyChannel() string {
 	if c.DisableListen {
 		return ""
 	}
-	return channelName(c.Schema)
+	return channelName("inbox_", c.Schema)
 }
 
-// channelName is the LISTEN/NOTIFY channel of schema.
-func channelName(schema string) string {
-	name := "inbox_" + schema
+// channelName is the LISTEN/NOTIFY channel of schema for prefix.
+func channelName(prefix, schema string) string {
+	name := prefix + schema
 	if len(name) > 63 {
 		name = name[:63] // the server truncates LISTEN names the same way
 	}
