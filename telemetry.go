@@ -25,16 +25,10 @@ import (
 const InstrumentationName = "github.com/inboxkit/inbox"
 
 // Names of the inbox's metric instruments. Counters are per topic
-// (attribute AttrTopic) and per schema (AttrSchema); the receiver's counters
-// carry AttrSource instead of AttrSchema.
+// (attribute AttrTopic) and per schema (AttrSchema). The receiver's counters
+// (package amqp's MetricReceived and MetricMalformed) carry AttrSource
+// instead, and AttrReason.
 const (
-	// MetricReceived counts deliveries a receiver took from its broker,
-	// valid or not. Reported through ReceiverMetrics.
-	MetricReceived = "inbox.messages.received"
-	// MetricMalformed counts deliveries a receiver refused (no ID, bad
-	// sequence, too large...), with the reason in AttrReason. Reported
-	// through ReceiverMetrics.
-	MetricMalformed = "inbox.messages.malformed"
 	// MetricStored counts messages stored by Store and StoreTx (for
 	// StoreTx: when it returns, before the caller commits).
 	MetricStored = "inbox.messages.stored"
@@ -443,59 +437,3 @@ func (t *telemetry) observeBacklog(in *Inbox) (func(), error) {
 // gaugeQueryTimeout bounds the backlog query of one collection, so a slow
 // database cannot stall the application's metrics pipeline.
 const gaugeQueryTimeout = 5 * time.Second
-
-// ReceiverMetrics counts what a receiver takes from its broker, under the
-// instrument names MetricReceived and MetricMalformed, so every receiver
-// reports alike. Package amqp uses it; a receiver of your own may too. A nil
-// *ReceiverMetrics counts nothing. Its methods are safe for concurrent use.
-type ReceiverMetrics struct {
-	received, malformed metric.Int64Counter
-	attrs               attribute.Set
-	source              string
-	reasons             sync.Map // reason -> attribute.Set
-}
-
-// NewReceiverMetrics returns the counters of a receiver that stores
-// messages of source (the receiver's queue name, usually), on mp, or on the
-// global MeterProvider when mp is nil.
-func NewReceiverMetrics(mp metric.MeterProvider, source string) (*ReceiverMetrics, error) {
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	meter := mp.Meter(InstrumentationName)
-	received, err1 := meter.Int64Counter(MetricReceived,
-		metric.WithDescription("Deliveries taken from the broker, valid or not."), metric.WithUnit("{message}"))
-	malformed, err2 := meter.Int64Counter(MetricMalformed,
-		metric.WithDescription("Deliveries refused as malformed, by reason."), metric.WithUnit("{message}"))
-	m := &ReceiverMetrics{
-		received:  received,
-		malformed: malformed,
-		attrs:     attribute.NewSet(attribute.String(AttrSource, source)),
-		source:    source,
-	}
-	if err := errors.Join(err1, err2); err != nil {
-		return m, fmt.Errorf("inbox: receiver metrics: %w", err)
-	}
-	return m, nil
-}
-
-// Received counts n deliveries taken from the broker.
-func (m *ReceiverMetrics) Received(ctx context.Context, n int) {
-	if m == nil || n <= 0 {
-		return
-	}
-	m.received.Add(ctx, int64(n), metric.WithAttributeSet(m.attrs))
-}
-
-// Malformed counts one delivery refused for reason (a short, fixed text
-// such as one of the inbox.Reason constants: it becomes an attribute).
-func (m *ReceiverMetrics) Malformed(ctx context.Context, reason string) {
-	if m == nil {
-		return
-	}
-	v, ok := m.reasons.Load(reason)
-	if !ok {
-		v, _ = m.reasons.LoadOrStore(reason, attribute.NewSet(attribute.String(AttrSource, m.source), attribute.String(AttrReason, reason)))
-	}
-	m.malformed.Add(ctx, 1, metric.WithAttributeSet(v.(attribute.Set)))
-}

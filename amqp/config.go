@@ -170,7 +170,7 @@ type Config struct {
 	// Logger receives the Receiver's logs. Defaults to slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives the received and malformed counters (see
-	// inbox.NewReceiverMetrics). Defaults to the global provider.
+	// Metrics). Defaults to the global provider.
 	MeterProvider metric.MeterProvider
 }
 

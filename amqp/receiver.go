@@ -38,7 +38,7 @@ type Receiver struct {
 
 	running atomic.Bool
 	stats   counters
-	metrics *inbox.ReceiverMetrics
+	metrics *Metrics
 }
 
 // NewReceiver returns a Receiver that stores into store. It does not connect:
@@ -62,7 +62,7 @@ func NewReceiver(store Store, cfg Config) (*Receiver, error) {
 		props["connection_name"] = cfg.ConnectionName
 	}
 	cfg.AMQP.Properties = props
-	metrics, err := inbox.NewReceiverMetrics(cfg.MeterProvider, cfg.Source)
+	metrics, err := NewMetrics(cfg.MeterProvider, cfg.Source)
 	if err != nil {
 		return nil, fmt.Errorf("amqp: NewReceiver: metrics: %w", err)
 	}
