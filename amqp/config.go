@@ -13,7 +13,7 @@ import (
 
 // Defaults of Config fields left zero.
 const (
-	DefaultPrefetch          = 300
+	DefaultPrefetch          = 500
 	DefaultBatchSize         = 100
 	DefaultBatchLinger       = time.Millisecond
 	DefaultBatchesInFlight   = 4
@@ -81,8 +81,9 @@ type Config struct {
 	Exclusive bool
 
 	// Prefetch is how many deliveries the broker sends before it waits for
-	// acks (basic.qos prefetch count, 1 to 65535). Defaults to
-	// DefaultPrefetch.
+	// acks (basic.qos prefetch count, 1 to 65535). Keep room for
+	// BatchesInFlight batches and one being gathered: the default is enough
+	// for the default batches. Defaults to DefaultPrefetch.
 	Prefetch int
 	// BatchSize is how many deliveries are stored in one statement and acked
 	// together. At most Prefetch. Defaults to DefaultBatchSize.
@@ -94,10 +95,9 @@ type Config struct {
 	// each on a goroutine of its own and a connection of the Store's pool,
 	// or stored and waiting for an earlier batch, since acks go out in
 	// delivery order. A batch is gathered while others commit, so the
-	// receiver keeps pace with the broker; give the Store's pool at least
-	// this many connections, and Prefetch room for this many batches and
-	// one more. 1 stores one batch at a time. Defaults to
-	// DefaultBatchesInFlight.
+	// receiver keeps pace with the broker; give the Store's pool this many
+	// connections for the receiver. 1 stores one batch at a time. Defaults
+	// to DefaultBatchesInFlight.
 	BatchesInFlight int
 
 	// Source is the dedup namespace of the stored messages. Defaults to
