@@ -26,6 +26,7 @@ import (
 type batch struct {
 	items []pending
 	msgs  []inbox.Message
+	n     int // deliveries at launch; items shrinks when Store refuses one
 
 	// Set by the committer before it hands the batch back.
 	refused []refusal // deliveries Store refused alone, taken out of items
@@ -107,7 +108,7 @@ func (s *session) launch() {
 	}
 	s.linger.Stop()
 	s.lingered = false
-	b := &batch{items: s.gather.items, msgs: s.gather.msgs}
+	b := &batch{items: s.gather.items, msgs: s.gather.msgs, n: len(s.gather.items)}
 	s.gather = batch{items: make([]pending, 0, cfg.BatchSize), msgs: make([]inbox.Message, 0, cfg.BatchSize)}
 	s.inflight = append(s.inflight, b)
 	s.wg.Add(1)
@@ -263,7 +264,7 @@ func (s *session) finish(ctx context.Context) error {
 		case <-deadline:
 			n := len(s.gather.items)
 			for _, b := range s.inflight {
-				n += len(b.items) + len(b.refused)
+				n += b.n // not items: a committer may be changing them
 			}
 			s.r.log.Warn("could not store every batch in flight before the shutdown timeout; their deliveries stay unacked for redelivery",
 				"batches", len(s.inflight), "deliveries", n, "session", s.gen)

@@ -141,15 +141,19 @@ type pipelineRig struct {
 
 // newPipelineRig delivers good deliveries (IDs m<tag>) with a bad one (no
 // ID) after every seventh, in batches of 5, at most 4 in flight.
-func newPipelineRig(t *testing.T, good int) *pipelineRig {
+func newPipelineRig(t *testing.T, good int, tune ...func(*Config)) *pipelineRig {
 	l := newLedger(t)
 	store := &heldStore{calls: make(chan *storeCall), ledger: l}
-	r, err := NewReceiver(store, Config{
+	cfg := Config{
 		URL: "amqp://localhost/", Queue: "q", Prefetch: 100, BatchSize: 5, BatchesInFlight: 4,
 		BatchLinger:       time.Hour, // batches leave full, so the test knows them
 		StoreRetryInitial: time.Millisecond, StoreRetryMax: time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	r, err := NewReceiver(store, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,6 +320,28 @@ func TestPipelineSessionEndDropsAcks(t *testing.T) {
 		if how != "reject" || !slices.Contains(rig.bad, tag) {
 			t.Errorf("tag %d settled (%s); want only the bad deliveries rejected", tag, how)
 		}
+	}
+	if s := rig.s.r.Stats(); s.Stored != 15 || s.Acked != 0 {
+		t.Errorf("stats %+v: want 15 stored, none acked", s)
+	}
+}
+
+// TestPipelineShutdownDeadline stops the receiver while the first batch's
+// store hangs: the later batches committed, but at the shutdown deadline
+// nothing is acked and the hanging attempt is cancelled.
+func TestPipelineShutdownDeadline(t *testing.T) {
+	rig := newPipelineRig(t, 20, func(c *Config) { c.ShutdownTimeout = 50 * time.Millisecond })
+	c := rig.next(4)
+	for _, later := range c[1:] {
+		later.outcome <- nil
+	}
+	rig.cancel() // c[0] is never answered: only the deadline ends it
+	err := rig.end(errors.New("no store call expected"))
+	if !errors.Is(err, errNotStored) {
+		t.Fatalf("consume: %v; want %v", err, errNotStored)
+	}
+	if _, acks := rig.ledger.snapshot(); len(acks) != 0 {
+		t.Fatalf("acks up to tags %v while the first batch is not stored", acks)
 	}
 	if s := rig.s.r.Stats(); s.Stored != 15 || s.Acked != 0 {
 		t.Errorf("stats %+v: want 15 stored, none acked", s)
