@@ -8,16 +8,10 @@ package inbox
 const InstrumentationName = "github.com/inboxkit/inbox"
 
 // Names of the inbox's metric instruments. Counters are per topic
-// (attribute AttrTopic) and per schema (AttrSchema); the receiver's counters
-// carry AttrSource instead of AttrSchema.
+// (attribute AttrTopic) and per schema (AttrSchema). The receiver's counters
+// (package amqp's MetricReceived and MetricMalformed) carry AttrSource
+// instead, and AttrReason.
 const (
-	// MetricReceived counts deliveries a receiver took from its broker,
-	// valid or not. Reported through ReceiverMetrics.
-	MetricReceived = "inbox.messages.received"
-	// MetricMalformed counts deliveries a receiver refused (no ID, bad
-	// sequence, too large...), with the reason in AttrReason. Reported
-	// through ReceiverMetrics.
-	MetricMalformed = "inbox.messages.malformed"
 	// MetricStored counts messages stored by Store and StoreTx (for
 	// StoreTx: when it returns, before the caller commits).
 	MetricStored = "inbox.messages.stored"

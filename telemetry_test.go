@@ -218,36 +218,6 @@ func TestTelemetryMetrics(t *testing.T) {
 	}
 }
 
-func TestTelemetryReceiverMetrics(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	defer func() { _ = mp.Shutdown(context.Background()) }()
-	ctx := context.Background()
-	m, err := inbox.NewReceiverMetrics(mp, "orders")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Received(ctx, 5)
-	m.Received(ctx, 2)
-	m.Malformed(ctx, inbox.ReasonMissingID)
-	m.Malformed(ctx, inbox.ReasonMissingID)
-	m.Malformed(ctx, inbox.ReasonBodyTooLarge)
-	var nilMetrics *inbox.ReceiverMetrics
-	nilMetrics.Received(ctx, 1) // must not panic
-	nilMetrics.Malformed(ctx, "x")
-
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	if got := byAttr(rm, inbox.MetricReceived, inbox.AttrSource, ""); len(got) != 1 || got["orders"] != 7 {
-		t.Errorf("received = %v, want orders 7", got)
-	}
-	if got := byAttr(rm, inbox.MetricMalformed, inbox.AttrReason, ""); len(got) != 2 || got[inbox.ReasonMissingID] != 2 || got[inbox.ReasonBodyTooLarge] != 1 {
-		t.Errorf("malformed = %v", got)
-	}
-}
-
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a
 // logger shared by workers.
 type syncBuffer struct {

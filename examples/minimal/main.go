@@ -65,7 +65,7 @@ func run(ctx context.Context, s settings) error {
 	if err != nil {
 		return fmt.Errorf("parse PostgreSQL URL: %w", err)
 	}
-	pcfg.MaxConns = 10 // the inbox's 4 workers, the receiver, maintenance, and some to spare
+	pcfg.MaxConns = 10 // the inbox's 4 workers, the receiver's 4 batches in flight, maintenance, and one to spare
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("connect to PostgreSQL: %w", err)
