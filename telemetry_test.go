@@ -144,11 +144,15 @@ func TestTelemetryMetrics(t *testing.T) {
 	tb.start(in)
 
 	var rm metricdata.ResourceMetrics
-	tb.waitFor("processed and dead counts, a parked stream and one on a gap", 30*time.Second, func() bool {
+	// One collection reads the gauges' query before the counters, so a batch
+	// committing in between shows in the counters only: wait until the two
+	// agree, and a gauge that stays wrong fails here.
+	tb.waitFor("processed and dead counts, the backlog, a parked stream and one on a gap", 30*time.Second, func() bool {
 		rm = tb.collect()
 		p, d := byAttr(rm, inbox.MetricProcessed, inbox.AttrTopic, ""), byAttr(rm, inbox.MetricDead, inbox.AttrTopic, "")
+		backlog := byAttr(rm, inbox.MetricBacklog, inbox.AttrTopic, "")
 		parked, gap := points(rm, inbox.MetricStreamsParked), points(rm, inbox.MetricStreamsGap)
-		return p["ok"] == 3 && p["flaky"] == 1 && d["bad"] == 2 &&
+		return p["ok"] == 3 && p["flaky"] == 1 && d["bad"] == 2 && backlog["ok"] == 1 && backlog["idle"] == 1 &&
 			len(parked) == 1 && parked[0].value == 1 && len(gap) == 1 && gap[0].value == 1
 	})
 	for _, c := range []struct {
