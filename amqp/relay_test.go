@@ -244,7 +244,7 @@ func TestRelayFaultsMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	batches := 0
-	amqp.SetBeforeSettle(r, func() {
+	amqp.SetBeforeSettle(r, func(int) {
 		batches++
 		switch batches {
 		case 1:
