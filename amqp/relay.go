@@ -210,10 +210,10 @@ func (r *Relay) session(ctx context.Context, gen uint64) (healthy bool, err erro
 			healthy = healthy || next != nil
 		}
 		if prev != nil {
-			// Settling a full batch may make more claimable: its streams'
-			// next messages, and what the claim above did not reach.
-			more = prev.full()
 			dbFailed = !s.finish(ctx, prev) || dbFailed
+			// More may be claimable at once: what the claim above did not
+			// reach, and the next message of each stream just sent.
+			more = prev.full() || prev.streamSent
 		}
 		prev = next
 		if prev != nil && (dbFailed || s.lost != nil) {

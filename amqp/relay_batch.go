@@ -23,6 +23,9 @@ type relayBatch struct {
 	sent  []*inflight
 	// pubErr is why publishing stopped before the end of the claim.
 	pubErr error
+	// streamSent is set when the settle marked a stream's message sent,
+	// which makes the stream's next message claimable.
+	streamSent bool
 }
 
 // full reports whether the claim took all it could: more may be waiting.
@@ -95,6 +98,7 @@ func (s *relaySession) finish(ctx context.Context, b *relayBatch) (recorded bool
 
 	var ok []int64
 	var failed []inbox.OutboxFailure
+	streamSent := false
 	unknown := len(b.claim.Messages) - len(b.sent)
 	for _, f := range b.sent {
 		ret, wasReturned := s.returned[f.msg.ID]
@@ -107,6 +111,7 @@ func (s *relaySession) finish(ctx context.Context, b *relayBatch) (recorded bool
 			r.stats.returned.Add(1)
 		case f.confirm.Acked():
 			ok = append(ok, f.msg.RowID)
+			streamSent = streamSent || f.msg.Stream != ""
 		case s.lost == nil:
 			failed = append(failed, inbox.OutboxFailure{RowID: f.msg.RowID, Err: errors.New("the broker refused it (basic.nack)")})
 			r.stats.nacked.Add(1)
@@ -145,6 +150,7 @@ func (s *relaySession) finish(ctx context.Context, b *relayBatch) (recorded bool
 		return false
 	}
 	r.stats.confirmed.Add(uint64(len(ok)))
+	b.streamSent = streamSent
 	if s.lost != nil && unknown > 0 {
 		r.log.Warn("relay: channel lost with confirms outstanding; those messages will be published again",
 			"unconfirmed", unknown, "session", s.gen, "error", s.lost)

@@ -447,3 +447,36 @@ func testRelayRefused(t *testing.T, batch int) {
 		t.Fatalf("%d good messages were charged with the refusal", k)
 	}
 }
+
+// A stream's next message is published as soon as the previous one is
+// marked sent, not at the next poll: here polling never comes, LISTEN is
+// off, and the one enqueue wakes the relay at most once for a stream of
+// five.
+func TestRelayStreamGoesOnWithoutPolling(t *testing.T) {
+	e := setup(t)
+	ob := e.outbox()
+	r, err := amqp.NewRelay(ob, amqp.RelayConfig{
+		URL: e.url, ConnectionName: e.queue + " relay", PollInterval: time.Hour, DisableListen: true,
+		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay Run: %v", err)
+		}
+	}()
+	var msgs []inbox.OutgoingMessage
+	for i := range 5 {
+		msgs = append(msgs, inbox.OutgoingMessage{ID: fmt.Sprintf("s-%d", i), RoutingKey: e.queue, Stream: "s"})
+	}
+	if _, err := ob.Send(e.ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the whole stream sent", 30*time.Second, func() bool { return e.outboxCount("sent") == 5 })
+}
