@@ -18,8 +18,10 @@ import (
 // Relay publishes the messages of an inbox.Outbox to RabbitMQ. Each batch is
 // published with the mandatory flag on a channel in confirm mode, and a
 // message is marked sent only after the broker confirmed it and did not
-// return it as unroutable. Per stream, a message is published only after
-// the previous one is confirmed and marked; streams go in parallel. Several
+// return it as unroutable. The next batch is claimed and published while
+// the previous one's confirms come and it is recorded. Per stream, a
+// message is published only after the previous one is confirmed and marked;
+// streams go in parallel. Several
 // relays, in one process or many, share an outbox: a claim locks its rows
 // with SKIP LOCKED, so no two relays publish a message at the same time.
 // Create it with NewRelay and call Run.
