@@ -179,11 +179,16 @@
 // reason; a nacked one is retried with backoff; one whose channel or
 // connection was lost before its confirm, or whose confirm did not come
 // within [RelayConfig.ConfirmTimeout], stays pending and is published again
-// with the same ID. After a channel error in a batch, the messages of the
-// batch are published one at a time, so that a message the broker refuses
-// (a missing exchange, access refused) is charged with it and ends dead
-// instead of failing the others. Several relays share an outbox through row
-// locks (SKIP LOCKED). The relay reconnects with backoff like the receiver,
+// with the same ID. While a full batch's confirms come and its outcome is
+// recorded, the relay claims and publishes the next batch (two batches in
+// flight at most), so the broker and the database work at the same time;
+// the open claim's row locks keep the next claim off its messages, and a
+// stream's next message is claimable only once the previous one is marked
+// sent, so per-stream order does not depend on it. After a channel error,
+// the messages left unconfirmed are published one at a time, nothing else
+// in flight, so that a message the broker refuses (a missing exchange,
+// access refused) is charged with it and ends dead instead of failing the
+// others. Several relays share an outbox through row locks (SKIP LOCKED). The relay reconnects with backoff like the receiver,
 // wakes on the outbox's NOTIFY and polls as a backstop, deletes sent rows
 // past their retention, and reports the outbox gauges while it runs.
 // [Relay.Stats] counts publishes, confirms, returns, nacks, republished

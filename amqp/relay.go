@@ -18,8 +18,10 @@ import (
 // Relay publishes the messages of an inbox.Outbox to RabbitMQ. Each batch is
 // published with the mandatory flag on a channel in confirm mode, and a
 // message is marked sent only after the broker confirmed it and did not
-// return it as unroutable. Per stream, a message is published only after
-// the previous one is confirmed and marked; streams go in parallel. Several
+// return it as unroutable. The next batch is claimed and published while
+// the previous one's confirms come and it is recorded. Per stream, a
+// message is published only after the previous one is confirmed and marked;
+// streams go in parallel. Several
 // relays, in one process or many, share an outbox: a claim locks its rows
 // with SKIP LOCKED, so no two relays publish a message at the same time.
 // Create it with NewRelay and call Run.
@@ -35,8 +37,8 @@ type Relay struct {
 	// and charged with it.
 	isolate int
 	// beforeSettle, for tests, runs between a batch's confirms and their
-	// recording.
-	beforeSettle func()
+	// recording, with the number of batches in flight (this one included).
+	beforeSettle func(inFlight int)
 }
 
 // NewRelay returns a Relay that publishes ob's messages. It does not
@@ -142,6 +144,11 @@ func (r *Relay) cleanup(ctx context.Context) {
 	}
 }
 
+// relayWindow is how many batches a session has in flight at most: it
+// claims and publishes the next batch while the previous one's confirms come
+// and its claim is settled, so the broker and the database work at once.
+const relayWindow = 2
+
 // relaySession is one connection and channel, used by the goroutine that
 // runs Run only.
 type relaySession struct {
@@ -152,16 +159,28 @@ type relaySession struct {
 	connClosed chan *amqp091.Error
 	chClosed   chan *amqp091.Error
 	returns    chan amqp091.Return
+	// returned holds the returns read so far, by message ID, until the
+	// batch of their message is settled: one of the next batch's may come
+	// while the previous batch's confirms are awaited.
+	returned map[string]amqp091.Return
+	// inFlight counts the batches claimed and not yet settled.
+	inFlight int
+	// lost is why the channel or connection ended, once it has: from then
+	// on every message not yet confirmed has an unknown fate. chErr is the
+	// broker's reason for closing the channel, when it gave one.
+	lost  error
+	chErr *amqp091.Error
 }
 
 // session runs one broker session until it fails or ctx ends. healthy
-// reports whether it got any confirm.
+// reports whether it claimed any message.
 func (r *Relay) session(ctx context.Context, gen uint64) (healthy bool, err error) {
 	l, err := dial(ctx, r.cfg.URL, r.cfg.AMQP, r.cfg.OpenTimeout)
 	if err != nil {
 		return false, fmt.Errorf("connect to %s: %w", redactURL(r.cfg.URL), err)
 	}
-	s := &relaySession{r: r, gen: gen, link: l, connClosed: l.conn.NotifyClose(make(chan *amqp091.Error, 1))}
+	s := &relaySession{r: r, gen: gen, link: l, connClosed: l.conn.NotifyClose(make(chan *amqp091.Error, 1)),
+		returned: map[string]amqp091.Return{}}
 	defer s.close()
 	err = l.bounded(ctx, r.cfg.OpenTimeout, "open channel", func() error {
 		ch, err := l.conn.Channel()
@@ -175,26 +194,49 @@ func (r *Relay) session(ctx context.Context, gen uint64) (healthy bool, err erro
 		return false, err
 	}
 	s.chClosed = s.ch.NotifyClose(make(chan *amqp091.Error, 1))
-	// Returns come before their confirm; the buffer holds a whole batch's,
-	// so amqp091-go never waits on this channel while the batch is read.
-	s.returns = s.ch.NotifyReturn(make(chan amqp091.Return, r.cfg.BatchSize))
+	// Returns come before their confirm. The buffer holds the returns of
+	// every batch in flight, so amqp091-go never waits on this channel (it
+	// drops a return after waiting 5 s) while a claim or a settle runs.
+	s.returns = s.ch.NotifyReturn(make(chan amqp091.Return, relayWindow*r.cfg.BatchSize))
 	r.log.Info("relay publishing", "session", gen)
 
+	var prev *relayBatch // published, its confirms and settle to come
 	failures := 0
 	for {
-		n, full, err := s.batch(ctx)
-		if err != nil {
-			return healthy, err
+		// Claim and publish the next batch while prev's confirms come. Not
+		// while isolating a refused message: that takes the channel alone.
+		var next *relayBatch
+		dbFailed, more := false, false
+		if ctx.Err() == nil && (prev == nil || prev.full() && r.isolate == 0) {
+			next, dbFailed = s.publish(ctx)
+			healthy = healthy || next != nil
 		}
-		healthy = healthy || n > 0
+		if prev != nil {
+			dbFailed = !s.finish(ctx, prev) || dbFailed
+			// More may be claimable at once: what the claim above did not
+			// reach, and the next message of each stream just sent.
+			more = prev.full() || prev.streamSent
+		}
+		prev = next
+		if prev != nil && (dbFailed || s.lost != nil) {
+			// Settle it before backing off or ending the session.
+			dbFailed = !s.finish(ctx, prev) || dbFailed
+			prev = nil
+		}
+		if s.lost != nil {
+			return healthy, s.lost
+		}
+		if prev != nil {
+			continue
+		}
 		if ctx.Err() != nil {
 			return healthy, nil
 		}
-		if full {
+		if more && !dbFailed {
 			continue
 		}
 		wait := r.cfg.PollInterval
-		if n < 0 { // the database failed
+		if dbFailed {
 			failures++
 			wait = min(time.Duration(failures)*100*time.Millisecond, r.cfg.ReconnectMax)
 		} else {
@@ -222,197 +264,6 @@ func (s *relaySession) close() {
 		drain(c)
 	}
 	drain(s.returns)
-}
-
-// inflight is a published message waiting for its confirm.
-type inflight struct {
-	msg     *inbox.OutboxMessage
-	confirm *amqp091.DeferredConfirmation
-}
-
-// batch claims, publishes and settles one batch. n is the number of
-// messages claimed (-1 when the database failed), full whether the claim was
-// full (more may be waiting). An error means the session is over.
-func (s *relaySession) batch(ctx context.Context) (n int, full bool, err error) {
-	r := s.r
-	limit := r.cfg.BatchSize
-	if r.isolate > 0 {
-		limit = 1
-	}
-	claim, err := r.ob.Claim(ctx, limit)
-	if err != nil {
-		if ctx.Err() == nil {
-			r.log.Warn("relay: claim failed; retrying", "error", err, "session", s.gen)
-		}
-		return -1, false, nil
-	}
-	defer claim.Release()
-	if len(claim.Messages) == 0 {
-		return 0, false, nil
-	}
-	drain(s.returns)
-	sent := make([]*inflight, 0, len(claim.Messages))
-	var pubErr error
-	for i := range claim.Messages {
-		m := &claim.Messages[i]
-		dc, err := s.ch.PublishWithDeferredConfirmWithContext(context.WithoutCancel(ctx), m.Exchange, m.RoutingKey, true, false, s.publishing(m))
-		if err != nil {
-			pubErr = fmt.Errorf("publish message %s: %w", m.ID, err)
-			break
-		}
-		sent = append(sent, &inflight{msg: m, confirm: dc})
-	}
-	r.stats.published.Add(uint64(len(sent)))
-	returned, lostErr := s.awaitConfirms(ctx, sent)
-	if lostErr == nil {
-		lostErr = pubErr
-	}
-	if lostErr == nil && s.ch.IsClosed() {
-		lostErr = errors.New("channel closed")
-	}
-	var chErr *amqp091.Error
-	select {
-	case e := <-s.chClosed:
-		if e != nil {
-			chErr = e
-			lostErr = lost("channel", e)
-		}
-	default:
-	}
-
-	var ok []int64
-	var failed []inbox.OutboxFailure
-	unknown := 0
-	for _, f := range sent {
-		ret, wasReturned := returned[f.msg.ID]
-		switch {
-		case wasReturned:
-			failed = append(failed, inbox.OutboxFailure{RowID: f.msg.RowID, Dead: true,
-				Err: fmt.Errorf("unroutable: the broker returned it (%d %s) from exchange %q with routing key %q",
-					ret.ReplyCode, ret.ReplyText, ret.Exchange, ret.RoutingKey)})
-			r.stats.returned.Add(1)
-		case f.confirm.Acked():
-			ok = append(ok, f.msg.RowID)
-		case lostErr == nil:
-			failed = append(failed, inbox.OutboxFailure{RowID: f.msg.RowID, Err: errors.New("the broker refused it (basic.nack)")})
-			r.stats.nacked.Add(1)
-		default:
-			unknown++
-		}
-	}
-	unknown += len(claim.Messages) - len(sent)
-	if lostErr != nil && unknown > 0 {
-		if limit == 1 && chErr != nil && chErr.Recover {
-			// Alone on the channel, this message is what the broker refused.
-			m := &claim.Messages[0]
-			failed = append(failed, inbox.OutboxFailure{RowID: m.RowID, Err: fmt.Errorf("the broker closed the channel on it: %w", chErr),
-				Dead: chErr.Code == amqp091.AccessRefused || chErr.Code == amqp091.PreconditionFailed})
-			unknown--
-		} else if limit > 1 && chErr != nil && chErr.Recover {
-			r.isolate = unknown
-		}
-		r.stats.republished.Add(uint64(unknown))
-	}
-	if r.isolate > 0 && limit == 1 {
-		r.isolate--
-	}
-	if r.beforeSettle != nil {
-		r.beforeSettle()
-	}
-	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ShutdownTimeout)
-	defer cancel()
-	if err := claim.Settle(settleCtx, ok, failed); err != nil {
-		// The rows stay pending: the broker has them, and the copies that
-		// the next claim publishes are dropped downstream by ID.
-		r.log.Warn("relay: could not record confirmed messages; they will be published again", "messages", len(ok)+len(failed), "error", err, "session", s.gen)
-		if lostErr == nil {
-			return -1, false, nil
-		}
-	} else {
-		r.stats.confirmed.Add(uint64(len(ok)))
-	}
-	if lostErr != nil {
-		r.log.Warn("relay: channel lost with confirms outstanding; those messages will be published again",
-			"unconfirmed", unknown, "session", s.gen, "error", lostErr)
-		return len(claim.Messages), false, lostErr
-	}
-	return len(claim.Messages), len(claim.Messages) >= limit, nil
-}
-
-// awaitConfirms waits for the confirm of every message in sent, collecting
-// the returns (which the broker sends before the confirm of the same
-// message). A non-nil error means the channel or connection was lost, or the
-// confirms did not come in time: the messages not yet confirmed then have
-// an unknown fate.
-func (s *relaySession) awaitConfirms(ctx context.Context, sent []*inflight) (map[string]amqp091.Return, error) {
-	returned := map[string]amqp091.Return{}
-	timer := time.NewTimer(s.r.cfg.ConfirmTimeout)
-	defer timer.Stop()
-	var stop <-chan struct{} = ctx.Done()
-	for _, f := range sent {
-	wait:
-		for {
-			select {
-			case <-f.confirm.Done():
-				break wait
-			case ret, ok := <-s.returns:
-				s.noteReturn(returned, ret, ok)
-			case e := <-s.connClosed:
-				s.connClosed <- e // keep it for the session loop
-				return returned, lost("connection", e)
-			case <-timer.C:
-				s.link.cut()
-				return returned, fmt.Errorf("no confirm within %s", s.r.cfg.ConfirmTimeout)
-			case <-stop:
-				// Give the confirms in flight ShutdownTimeout more.
-				stop = nil
-				timer.Reset(s.r.cfg.ShutdownTimeout)
-			}
-		}
-	}
-	for {
-		select {
-		case ret, ok := <-s.returns:
-			if !ok {
-				return returned, nil
-			}
-			s.noteReturn(returned, ret, ok)
-		default:
-			return returned, nil
-		}
-	}
-}
-
-// noteReturn records a return; amqp091-go closes the returns channel with
-// the channel, which then stops being read (a nil channel never receives).
-func (s *relaySession) noteReturn(returned map[string]amqp091.Return, ret amqp091.Return, ok bool) {
-	if !ok {
-		s.returns = nil
-		return
-	}
-	returned[ret.MessageId] = ret
-}
-
-// publishing is m as published: the ID as message_id, the type, and the
-// stream and sequence in the headers a Receiver reads.
-func (s *relaySession) publishing(m *inbox.OutboxMessage) amqp091.Publishing {
-	headers := make(amqp091.Table, len(m.Headers)+2)
-	for k, v := range m.Headers {
-		headers[k] = v
-	}
-	if m.Stream != "" {
-		headers[s.r.cfg.StreamHeader] = m.Stream
-		headers[s.r.cfg.SequenceHeader] = m.Seq
-	}
-	return amqp091.Publishing{
-		MessageId:    m.ID,
-		Type:         m.Type,
-		ContentType:  m.ContentType,
-		Headers:      headers,
-		Body:         m.Body,
-		DeliveryMode: amqp091.Persistent,
-		Timestamp:    m.CreatedAt,
-	}
 }
 
 // RelayStats are the Relay's counters since NewRelay.

@@ -31,9 +31,10 @@ type RelayConfig struct {
 	// "inbox relay".
 	ConnectionName string
 
-	// BatchSize is how many messages one claim publishes before waiting for
-	// their confirms (at most one per stream). Defaults to
-	// DefaultRelayBatchSize.
+	// BatchSize is how many messages one claim takes (at most one per
+	// stream). While a full claim's confirms come and it is recorded, the
+	// relay claims and publishes the next, so up to twice BatchSize messages
+	// wait for their confirms. Defaults to DefaultRelayBatchSize.
 	BatchSize int
 	// PollInterval is how often an idle relay looks for messages without a
 	// wake-up. Defaults to DefaultRelayPollInterval.

@@ -244,7 +244,7 @@ func TestRelayFaultsMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	batches := 0
-	amqp.SetBeforeSettle(r, func() {
+	amqp.SetBeforeSettle(r, func(int) {
 		batches++
 		switch batches {
 		case 1:
@@ -412,7 +412,14 @@ func TestRelayChainEndToEnd(t *testing.T) {
 // A message the broker refuses by closing the channel (its exchange does
 // not exist) is found by publishing the batch one by one, retried, and dead
 // with the reason after MaxAttempts; the others of its batch are sent.
-func TestRelayRefusedMessageIsDead(t *testing.T) {
+func TestRelayRefusedMessageIsDead(t *testing.T) { testRelayRefused(t, 10) }
+
+// The same with batches of one, full, so each is published while the one
+// before waits for its confirm: the refused one is still found, alone on
+// the channel.
+func TestRelayRefusedMessageIsDeadPipelined(t *testing.T) { testRelayRefused(t, 1) }
+
+func testRelayRefused(t *testing.T, batch int) {
 	e := setup(t)
 	ob, err := inbox.NewOutbox(e.pool, inbox.OutboxConfig{Schema: e.schema, MaxAttempts: 2,
 		RetryInitial: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
@@ -422,16 +429,54 @@ func TestRelayRefusedMessageIsDead(t *testing.T) {
 	_, err = ob.Send(e.ctx,
 		inbox.OutgoingMessage{ID: "good-1", RoutingKey: e.queue},
 		inbox.OutgoingMessage{ID: "bad", Exchange: testenv.UniqueName("missing"), RoutingKey: "x"},
-		inbox.OutgoingMessage{ID: "good-2", RoutingKey: e.queue})
+		inbox.OutgoingMessage{ID: "good-2", RoutingKey: e.queue},
+		inbox.OutgoingMessage{ID: "good-3", RoutingKey: e.queue})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.relay(ob, e.queue+" relay", 10)
+	e.relay(ob, e.queue+" relay", batch)
 	e.waitFor("bad dead, the others sent", 60*time.Second, func() bool {
-		return e.outboxCount("dead") == 1 && e.outboxCount("sent") == 2
+		return e.outboxCount("dead") == 1 && e.outboxCount("sent") == 3
 	})
 	dead, err := ob.ListMessages(e.ctx, inbox.OutboxFilter{State: "dead"})
 	if err != nil || len(dead) != 1 || dead[0].ID != "bad" || dead[0].Attempts != 2 || !strings.Contains(dead[0].LastError, "NOT_FOUND") {
 		t.Fatalf("dead %+v, %v; want bad, dead after 2 attempts with NOT_FOUND", dead, err)
 	}
+	// A copy published again after the channel closed is not an attempt.
+	if k := e.count(`SELECT count(*) FROM ` + e.q + `.outbox_messages WHERE state = 'sent' AND attempts <> 1`); k != 0 {
+		t.Fatalf("%d good messages were charged with the refusal", k)
+	}
+}
+
+// A stream's next message is published as soon as the previous one is
+// marked sent, not at the next poll: here polling never comes, LISTEN is
+// off, and the one enqueue wakes the relay at most once for a stream of
+// five.
+func TestRelayStreamGoesOnWithoutPolling(t *testing.T) {
+	e := setup(t)
+	ob := e.outbox()
+	r, err := amqp.NewRelay(ob, amqp.RelayConfig{
+		URL: e.url, ConnectionName: e.queue + " relay", PollInterval: time.Hour, DisableListen: true,
+		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay Run: %v", err)
+		}
+	}()
+	var msgs []inbox.OutgoingMessage
+	for i := range 5 {
+		msgs = append(msgs, inbox.OutgoingMessage{ID: fmt.Sprintf("s-%d", i), RoutingKey: e.queue, Stream: "s"})
+	}
+	if _, err := ob.Send(e.ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the whole stream sent", 30*time.Second, func() bool { return e.outboxCount("sent") == 5 })
 }
