@@ -273,7 +273,7 @@ func TestRelayReturnsAcrossPipelinedBatches(t *testing.T) {
 	got := e.consumeRaw(e.queue)
 	r := e.relay(ob, e.queue+" relay", 4)
 	e.waitFor("all settled", 30*time.Second, func() bool { return e.outboxCount("pending") == 0 })
-	dead, err := ob.ListOutbox(e.ctx, inbox.OutboxFilter{State: "dead", Limit: n})
+	dead, err := ob.ListMessages(e.ctx, inbox.OutboxFilter{State: inbox.OutboxDead, Limit: n})
 	if err != nil {
 		t.Fatal(err)
 	}
