@@ -129,3 +129,21 @@ func (l *link) close(timeout time.Duration) {
 	}
 	l.cut()
 }
+
+// withConnectionName returns a copy of props (amqp091-go's defaults when
+// empty) that names the connection, unless props names it already: the
+// name is how operators tell the receiver's and the relay's connections
+// apart in the broker's tools.
+func withConnectionName(props amqp091.Table, name string) amqp091.Table {
+	out := amqp091.Table{}
+	for k, v := range props {
+		out[k] = v
+	}
+	if len(out) == 0 {
+		out = amqp091.NewConnectionProperties()
+	}
+	if _, ok := out["connection_name"]; !ok {
+		out["connection_name"] = name
+	}
+	return out
+}

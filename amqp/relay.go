@@ -51,17 +51,7 @@ func NewRelay(ob *inbox.Outbox, cfg RelayConfig) (*Relay, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	props := amqp091.Table{}
-	for k, v := range cfg.AMQP.Properties {
-		props[k] = v
-	}
-	if len(props) == 0 {
-		props = amqp091.NewConnectionProperties()
-	}
-	if _, ok := props["connection_name"]; !ok {
-		props["connection_name"] = cfg.ConnectionName
-	}
-	cfg.AMQP.Properties = props
+	cfg.AMQP.Properties = withConnectionName(cfg.AMQP.Properties, cfg.ConnectionName)
 	return &Relay{ob: ob, cfg: cfg, log: cfg.Logger.With("component", "outbox-relay")}, nil
 }
 
