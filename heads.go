@@ -32,7 +32,7 @@ import (
 //     row as any settle does.
 
 type headQueries struct {
-	lock, refresh, upsert string
+	lock, restore, refresh, upsert string
 }
 
 func newHeadQueries(r *strings.Replacer) headQueries {
@@ -45,6 +45,18 @@ SELECT count(*) FROM (
     JOIN unnest($1::text[], $2::text[]) AS u(source, stream) ON h.source = u.source AND h.stream = u.stream
     ORDER BY h.source, h.stream
     FOR UPDATE OF h) locked`),
+
+		// Between lock and refresh when messages become pending outside
+		// Store (an operator's requeue): a stream without a head row,
+		// never made or expired (expiry.go), gets its inbox_streams row
+		// again, at the first sequence number ($3). One with a head row
+		// keeps its stream, as the lock holds off expiry.
+		restore: r.Replace(`
+INSERT INTO {schema}.inbox_streams (source, stream, next_seq)
+SELECT u.source, u.stream, $3 FROM unnest($1::text[], $2::text[]) AS u(source, stream)
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.inbox_stream_heads h WHERE h.source = u.source AND h.stream = u.stream)
+ORDER BY 1, 2
+ON CONFLICT DO NOTHING`),
 
 		// The stream's next step is the first message at its watermark or,
 		// below it, an operator's out-of-order requeue (due at its run_at)
@@ -87,7 +99,10 @@ SET next_seq = excluded.next_seq, parked = excluded.parked, low_seq = excluded.l
 		// read it). A new row judges by that watermark; an existing one by
 		// its own next_seq, the newest. Only an arrival at or below it
 		// makes the stream ready; it keeps the topic of a stream that was
-		// ready already (its head is older than the arrival).
+		// ready already (its head is older than the arrival). It returns
+		// each row with whether it created it (xmax is 0 only in a row
+		// version this statement inserted; an updated one carries the lock
+		// the upsert took).
 		upsert: r.Replace(`
 INSERT INTO {schema}.inbox_stream_heads AS h (source, stream, next_seq, low_seq, high_seq, ready_at, topic, head_id)
 SELECT a.source, a.stream, a.watermark, a.seq, a.high_seq,
@@ -107,7 +122,8 @@ SET low_seq = least(h.low_seq, excluded.low_seq),
     topic = CASE WHEN h.parked OR excluded.low_seq > h.next_seq OR h.ready_at IS NOT NULL THEN h.topic
                  ELSE excluded.topic END,
     head_id = CASE WHEN h.parked OR excluded.low_seq > h.next_seq OR h.ready_at IS NOT NULL THEN h.head_id
-                   ELSE excluded.head_id END`),
+                   ELSE excluded.head_id END
+RETURNING h.source, h.stream, h.next_seq, h.xmax = 0 AS created`),
 	}
 }
 
@@ -117,6 +133,12 @@ type streamKey struct{ source, stream string }
 // queueRefresh queues, on b, the rewrite of the heads of keys: their lock,
 // then the rewrite in a statement of its own.
 func (in *Inbox) queueRefresh(b *pgx.Batch, keys []streamKey) {
+	in.queueHeads(b, keys, false)
+}
+
+// queueHeads is queueRefresh that, with restore, first makes the streams
+// of keys again if they have no rows (see headQueries.restore).
+func (in *Inbox) queueHeads(b *pgx.Batch, keys []streamKey, restore bool) {
 	if len(keys) == 0 {
 		return
 	}
@@ -131,13 +153,21 @@ func (in *Inbox) queueRefresh(b *pgx.Batch, keys []streamKey) {
 		sources[i], streams[i] = k.source, k.stream
 	}
 	b.Queue(in.sql.heads.lock, sources, streams)
+	if restore {
+		b.Queue(in.sql.heads.restore, sources, streams, *in.cfg.FirstSeq)
+	}
 	b.Queue(in.sql.heads.refresh, sources, streams)
 }
 
 // refreshHeads rewrites the heads of keys in tx.
 func (in *Inbox) refreshHeads(ctx context.Context, tx pgx.Tx, keys ...streamKey) error {
+	return in.rewriteHeads(ctx, tx, keys, false)
+}
+
+// rewriteHeads is refreshHeads, or with restore, queueHeads' restore.
+func (in *Inbox) rewriteHeads(ctx context.Context, tx pgx.Tx, keys []streamKey, restore bool) error {
 	b := &pgx.Batch{}
-	in.queueRefresh(b, keys)
+	in.queueHeads(b, keys, restore)
 	if b.Len() == 0 {
 		return nil
 	}

@@ -27,6 +27,8 @@ type Inbox struct {
 	side *sideConn
 	tel  *telemetry
 
+	expiry expiryCursor
+
 	mu       sync.RWMutex
 	handlers map[string]Handler
 

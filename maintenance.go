@@ -8,7 +8,7 @@ import (
 )
 
 // maintain runs the periodic chores: deleting processed rows past their
-// retention and sweeping stream gaps. Every instance runs the loop; a
+// retention, sweeping stream gaps and expiring idle streams. Every instance runs the loop; a
 // transaction-level advisory lock lets one of them at a time do the work.
 func (in *Inbox) maintain(ctx context.Context) {
 	ticker := time.NewTicker(in.cfg.MaintenanceInterval)
@@ -54,7 +54,9 @@ func (in *Inbox) maintainOnce(ctx context.Context) error {
 	// The chores are independent: a sweep that fails must not stop the
 	// cleanup, nor the other way round.
 	_, sweepErr := in.sweepGaps(ctx, conn)
-	return errors.Join(sweepErr, in.cleanupAll(ctx, conn))
+	cleanupErr := in.cleanupAll(ctx, conn)
+	_, expiryErr := in.expireIdleStreams(ctx, conn)
+	return errors.Join(sweepErr, cleanupErr, expiryErr)
 }
 
 // cleanupAll deletes processed rows past retention, batch by batch.
