@@ -139,6 +139,19 @@
 // keep their message ID, to catch late duplicates, for [Config.Retention];
 // their bodies are dropped at once.
 //
+// # Idle streams
+//
+// A stream's row, with its watermark, is kept forever unless
+// [Config.IdleStreamExpiry] is set: maintenance then deletes streams with
+// no pending message, not parked, whose watermark has not moved for that
+// long. An expired stream forgets its watermark and skipped ranges, so a
+// message of it that arrives later starts it again at [Config.FirstSeq]:
+// a copy is still a duplicate if its own row is kept (done less than
+// Retention ago, or dead), by its message ID, and otherwise is handled
+// again. Store and expiry are safe against each other: a stream expiring
+// while a message of it is stored is made again, at the watermark the
+// message was judged by.
+//
 // # Emitting messages: the outbox
 //
 // A handler, or any service transaction, emits messages with
