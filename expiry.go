@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Idle-stream expiry. A stream's rows (inbox_streams, inbox_stream_heads,
@@ -82,8 +83,11 @@ type expiryCursor struct {
 }
 
 // expireIdleStreams runs windows of expiry from where the last run ended
-// until one expires nothing or the pass reaches the last stream (the next
-// run then starts over). It returns how many streams it deleted.
+// until the pass reaches the last stream (the next run then starts over),
+// or for at most one MaintenanceInterval, after which the next run goes on
+// from there. Idle streams lie anywhere in key order, so a run that
+// stopped at a window with none to expire could fall behind the rate at
+// which streams go idle. It returns how many streams it deleted.
 func (in *Inbox) expireIdleStreams(ctx context.Context, db querier) (int64, error) {
 	if in.cfg.IdleStreamExpiry <= 0 {
 		return 0, nil
@@ -91,6 +95,7 @@ func (in *Inbox) expireIdleStreams(ctx context.Context, db querier) (int64, erro
 	in.expiry.mu.Lock()
 	defer in.expiry.mu.Unlock()
 	var total int64
+	deadline := time.Now().Add(in.cfg.MaintenanceInterval)
 	for ctx.Err() == nil {
 		var seen, expired int64
 		var last streamKey
@@ -114,7 +119,7 @@ func (in *Inbox) expireIdleStreams(ctx context.Context, db querier) (int64, erro
 			return total, nil
 		}
 		in.expiry.after = last
-		if expired == 0 {
+		if time.Now().After(deadline) {
 			return total, nil
 		}
 	}

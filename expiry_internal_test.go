@@ -59,8 +59,9 @@ func (b *expiryBundle) store(db querier, id string, seq int64) StoreResult {
 	return res
 }
 
-// process runs the workers until nothing of stream s is pending and n of
-// its messages have been handled in all.
+// process runs the workers until nothing is pending (but the message of
+// stream "gapped", which waits on a gap) and n messages have been handled
+// in all.
 func (b *expiryBundle) process(n int) {
 	b.t.Helper()
 	if err := b.in.Start(b.ctx); err != nil {
@@ -74,7 +75,7 @@ func (b *expiryBundle) process(n int) {
 	b.waitFor("handled messages", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return len(b.applied) == n && b.count(`SELECT count(*) FROM `+b.in.table("inbox_messages")+` WHERE state = 'pending' AND stream = 's'`) == 0
+		return len(b.applied) == n && b.count(`SELECT count(*) FROM `+b.in.table("inbox_messages")+` WHERE state = 'pending' AND stream NOT IN ('gapped')`) == 0
 	})
 }
 
@@ -328,5 +329,28 @@ func TestRequeueIntoExpiredStream(t *testing.T) {
 	b.process(1)
 	if next, heads := b.watermark(); next != 2 || !heads {
 		t.Fatalf("stream row next_seq %d, head row %v; want 2 and a head row", next, heads)
+	}
+}
+
+// One maintenance run expires the idle streams of every window, not only
+// up to the first window without one.
+func TestExpiryVisitsEveryWindow(t *testing.T) {
+	b := newExpiryBundle(t)
+	ctx := b.ctx
+	b.in.cfg.CleanupBatch = 2
+	names := []string{"a1", "a2", "b1", "b2", "c1"}
+	for _, s := range names {
+		if _, err := b.in.Store(ctx, Message{ID: s, Topic: "t", Stream: s, Seq: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.process(len(names))
+	b.age()
+	// The first window (a1, a2) has nothing to expire.
+	if _, err := b.pool.Exec(ctx, `UPDATE `+b.in.table("inbox_streams")+` SET updated_at = now() WHERE stream LIKE 'a%'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.in.expireIdleStreams(ctx, b.pool); err != nil || n != 3 {
+		t.Fatalf("expireIdleStreams: %d, %v; want 3 (b1, b2, c1)", n, err)
 	}
 }
