@@ -21,6 +21,8 @@ import (
 //     of. The upsert acts on the newest committed version of the row, whose
 //     next_seq is the stream's newest watermark, so an arrival at or below
 //     it makes the stream ready.
+//     When the upsert creates the row, Store also makes the stream's
+//     inbox_streams row: a stream has both rows or neither (expiry.go).
 //   - Whatever changes a stream's watermark, park state or head message (a
 //     worker's settle, the gap sweep, an operator, a broken attempt) then
 //     rewrites the row from the messages, in two statements: one that locks
