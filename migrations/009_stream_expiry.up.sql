@@ -24,17 +24,16 @@ WHERE NOT EXISTS (SELECT 1 FROM {schema}.inbox_stream_heads x WHERE x.source = s
 -- Vacuum settings for tables that churn. Each handled message leaves dead
 -- tuples behind: its pending version when it is marked done (not a HOT
 -- update: the partial indexes' conditions change), then its done version
--- at retention cleanup, and its attempt-start row. The defaults wait for a
--- fifth of a table to be dead, and throttle a vacuum to a fraction of what
--- these tables need, so dead index entries pile up in front of the claims'
--- index ranges. (Autovacuum still visits a database only once per
--- autovacuum_naptime; that, a server setting, stays the bound.) These
--- settings take a SHARE UPDATE EXCLUSIVE lock: they do not block writers.
+-- at retention cleanup, and its attempt-start row. The default waits for a
+-- fifth of a table to be dead: with a long Retention, millions of dead
+-- entries in front of the claims' index ranges. (Autovacuum still visits a
+-- database only once per autovacuum_naptime; that, a server setting, stays
+-- the bound.) These settings take a SHARE UPDATE EXCLUSIVE lock: they do
+-- not block writers.
 ALTER TABLE {schema}.inbox_messages SET (
     autovacuum_vacuum_scale_factor = 0.02,
     autovacuum_vacuum_insert_scale_factor = 0.02,
-    autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_limit = 2000);
+    autovacuum_analyze_scale_factor = 0.02);
 
 -- Small, every row inserted and deleted within one batch.
 ALTER TABLE {schema}.inbox_attempt_starts SET (
