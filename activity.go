@@ -31,15 +31,7 @@ type Activity struct {
 // Config.Retention).
 func (in *Inbox) Activity(ctx context.Context, minutes int) (Activity, error) {
 	minutes = min(max(minutes, 1), 24*60)
-	rows, err := in.pool.Query(ctx, `
-WITH recent AS (
-    SELECT processed_at FROM `+in.table("inbox_messages")+`
-    WHERE state = 'done' AND processed_at >= date_trunc('minute', now()) - make_interval(mins => $1 - 1)
-    ORDER BY processed_at DESC LIMIT $2
-)
-SELECT now(), (extract(epoch FROM date_trunc('minute', now()) - date_trunc('minute', processed_at)) / 60)::int, count(*),
-       sum(count(*)) OVER ()
-FROM recent GROUP BY 2 ORDER BY 2`, minutes, ActivityScan)
+	rows, err := in.e.pool.Query(ctx, in.e.sql.activity, minutes, ActivityScan)
 	if err != nil {
 		return Activity{}, fmt.Errorf("inbox: activity: %w", err)
 	}
@@ -57,7 +49,7 @@ FROM recent GROUP BY 2 ORDER BY 2`, minutes, ActivityScan)
 		return Activity{}, fmt.Errorf("inbox: activity: %w", err)
 	}
 	if a.TakenAt.IsZero() {
-		if err := in.pool.QueryRow(ctx, "SELECT now()").Scan(&a.TakenAt); err != nil {
+		if err := in.e.pool.QueryRow(ctx, sqlNow).Scan(&a.TakenAt); err != nil {
 			return Activity{}, fmt.Errorf("inbox: activity: %w", err)
 		}
 	}

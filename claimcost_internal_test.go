@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/inboxkit/inbox/internal/sqlident"
 	"github.com/inboxkit/inbox/internal/testenv"
 )
 
@@ -42,7 +43,7 @@ func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := pool.Exec(ctx, `ANALYZE `+in.table("inbox_messages")); err != nil {
+	if _, err := pool.Exec(ctx, `ANALYZE `+sqlident.Quote(schema)+`.inbox_messages`); err != nil {
 		t.Fatal(err)
 	}
 	topics := []string{"t"}
@@ -52,11 +53,11 @@ func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 		args []any
 		want int // rows the statement returns
 	}{
-		{"unordered claim", in.sql.claimUnordered, []any{50, topics}, 1},
-		{"stream claim", in.sql.claimStreams, []any{8, topics}, 1},
-		{"gap sweep", in.sql.findGaps, []any{60.0, 1000}, 1},
-		{"suspect claim", in.sql.starts.claimSuspect, []any{topics}, 0},
-		{"suspect stream claim", in.sql.starts.claimSuspectStream, []any{topics}, 0},
+		{"unordered claim", in.e.sql.claimUnordered, []any{50, topics}, 1},
+		{"stream claim", in.e.sql.claimStreams, []any{8, topics}, 1},
+		{"gap sweep", in.e.sql.findGaps, []any{60.0, 1000}, 1},
+		{"suspect claim", in.e.sql.claimSuspect, []any{topics}, 0},
+		{"suspect stream claim", in.e.sql.claimSuspectStream, []any{topics}, 0},
 	} {
 		returned, read := explainRows(t, ctx, pool, c.sql, c.args...)
 		if returned != c.want {
@@ -71,9 +72,7 @@ func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 // explainRows runs sql under EXPLAIN ANALYZE, in a transaction rolled back
 // after, and returns the rows of its top node and the rows that its scans
 // of inbox_messages produced or removed by filter.
-func explainRows(t *testing.T, ctx context.Context, db interface {
-	Begin(context.Context) (pgx.Tx, error)
-}, sql string, args ...any) (returned, read int) {
+func explainRows(t *testing.T, ctx context.Context, db beginner, sql string, args ...any) (returned, read int) {
 	t.Helper()
 	tx, err := db.Begin(ctx)
 	if err != nil {

@@ -35,6 +35,11 @@ const (
 	DefaultGapTimeout          = time.Minute
 )
 
+// NoJitter, as Config.RetryJitter, makes retry delays exact: the zero
+// value means DefaultRetryJitter, so "none" needs a value of its own (any
+// negative one works).
+const NoJitter = -1.0
+
 // Limits on message fields, so an untrusted publisher cannot make rows huge
 // through the key columns.
 const (
@@ -103,8 +108,9 @@ type Config struct {
 	MaxAttempts int
 	// RetryInitial, RetryMax and RetryJitter shape the exponential backoff
 	// between attempts (doubling from RetryInitial up to RetryMax, each delay
-	// randomised by ±RetryJitter). Default to DefaultRetryInitial,
-	// DefaultRetryMax and DefaultRetryJitter; a negative jitter means none.
+	// randomised by ±RetryJitter, a fraction up to 1). Default to
+	// DefaultRetryInitial, DefaultRetryMax and DefaultRetryJitter. Zero
+	// means the default, so exact delays take NoJitter.
 	RetryInitial time.Duration
 	RetryMax     time.Duration
 	RetryJitter  float64
@@ -151,7 +157,9 @@ type Config struct {
 	IdleStreamExpiry time.Duration
 
 	// FirstSeq is the first sequence number of every stream. Defaults to
-	// DefaultFirstSeq.
+	// DefaultFirstSeq. It is a pointer because 0 is a valid first sequence
+	// number while the zero Config must mean the default: for streams that
+	// start at 0, set it to the address of a variable holding 0.
 	FirstSeq *int64
 	// GapTimeout is how long a stream waits for a missing sequence number
 	// before GapPolicy applies. Defaults to DefaultGapTimeout.
@@ -221,10 +229,7 @@ func (c Config) validate() error {
 	if err := sqlident.Validate(c.Schema); err != nil {
 		return fmt.Errorf("inbox: Config.Schema: %w", err)
 	}
-	positive := []struct {
-		name string
-		ok   bool
-	}{
+	if err := requirePositive("Config", []positiveField{
 		{"Workers", c.Workers > 0},
 		{"BatchSize", c.BatchSize > 0},
 		{"StreamBatchSize", c.StreamBatchSize > 0},
@@ -240,11 +245,8 @@ func (c Config) validate() error {
 		{"CleanupBatch", c.CleanupBatch > 0},
 		{"MaintenanceInterval", c.MaintenanceInterval > 0},
 		{"GapTimeout", c.GapTimeout > 0},
-	}
-	for _, p := range positive {
-		if !p.ok {
-			return fmt.Errorf("inbox: Config.%s must be positive (RetryMax at least RetryInitial)", p.name)
-		}
+	}); err != nil {
+		return err
 	}
 	if c.RetryJitter > 1 {
 		return fmt.Errorf("inbox: Config.RetryJitter %v must be at most 1", c.RetryJitter)
@@ -257,6 +259,24 @@ func (c Config) validate() error {
 	}
 	if len(c.Source) > MaxIDBytes {
 		return fmt.Errorf("inbox: Config.Source is longer than %d bytes", MaxIDBytes)
+	}
+	return nil
+}
+
+// positiveField is a configuration field that must be positive, and
+// whether it is.
+type positiveField struct {
+	name string
+	ok   bool
+}
+
+// requirePositive names the first of fields, of the configuration struct
+// typ, that is not positive.
+func requirePositive(typ string, fields []positiveField) error {
+	for _, f := range fields {
+		if !f.ok {
+			return fmt.Errorf("inbox: %s.%s must be positive (RetryMax at least RetryInitial)", typ, f.name)
+		}
 	}
 	return nil
 }

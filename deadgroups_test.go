@@ -78,9 +78,9 @@ func TestDeadGroupsMaskNumbersAndIDs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := "dead"
+		want := inbox.StateDead
 		if id == "d" || id == "e" {
-			want = "pending"
+			want = inbox.StatePending
 		}
 		if m.State != want {
 			t.Errorf("message %s is %s, want %s", id, m.State, want)

@@ -4,119 +4,46 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"sort"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Store saves messages in one statement, keyed by (Source, ID): messages
-// already stored, or whose sequence number their stream has applied, are
-// duplicates and leave no row. A message whose sequence number its stream
-// skipped before it arrived is stored dead (see StoreResult.Late). When Store returns nil the new rows are
-// committed, so the caller may acknowledge the messages to their broker.
-// A batch with an invalid message stores nothing and returns an
-// *InvalidMessageError.
-func (in *Inbox) Store(ctx context.Context, msgs ...Message) (StoreResult, error) {
-	ctx, span := in.tel.startStore(ctx, msgs)
-	res, err := in.store(ctx, in.pool, msgs)
-	in.tel.endStore(ctx, span, msgs, res, err)
-	if err == nil && res.Stored > 0 {
-		in.wake.signal()
-		in.warnUnhandled(msgs, res)
-	}
-	return res, err
-}
+// Deduplication. A message is a duplicate when its key, (Source, ID), is
+// stored already: the unique index decides, in the statement that inserts
+// (see sql_store.go). A message of a stream is also a duplicate when its
+// sequence number is below the stream's watermark (ordering.go), even after
+// its row is gone, unless the watermark skipped it: skipped ranges are kept
+// in inbox_skips, and a message arriving late for one is stored dead. Keys
+// of processed messages are kept for Config.Retention, then cleaned up.
 
-// StoreTx is Store in the caller's transaction: the messages are stored (and
-// visible to workers) only when the caller commits tx.
-func (in *Inbox) StoreTx(ctx context.Context, tx pgx.Tx, msgs ...Message) (StoreResult, error) {
-	ctx, span := in.tel.startStore(ctx, msgs)
-	res, err := in.store(ctx, tx, msgs)
-	in.tel.endStore(ctx, span, msgs, res, err)
-	if err == nil && res.Stored > 0 {
-		// Early is harmless: a worker that finds nothing yet goes back to
-		// waiting, and the NOTIFY sent at commit wakes it again.
-		in.wake.signal()
-		in.warnUnhandled(msgs, res)
-	}
-	return res, err
-}
+// fate is what storing did with one message.
+type fate int
 
-// Validate reports whether Store would accept msg, as an
-// *InvalidMessageError when it would not. Receivers use it to reject bad
-// messages one by one instead of failing a whole batch.
-func (in *Inbox) Validate(msg Message) error {
-	return in.validate(0, &msg)
-}
+const (
+	fateDuplicate fate = iota // not stored: its key is, or its stream applied its sequence number
+	fateStored                // stored, pending
+	fateLate                  // stored dead: its stream had skipped its sequence number
+)
 
-func (in *Inbox) validate(i int, m *Message) error {
-	bad := func(reason, detail string) error {
-		return &InvalidMessageError{Index: i, ID: m.ID, Reason: reason, Detail: detail}
-	}
-	source := m.Source
-	if source == "" {
-		source = in.cfg.Source
-	}
-	switch {
-	case m.ID == "":
-		return bad(ReasonMissingID, "")
-	case len(m.ID) > MaxIDBytes:
-		return bad(ReasonIDTooLong, fmt.Sprintf("%d bytes, limit %d", len(m.ID), MaxIDBytes))
-	case m.Topic == "":
-		return bad(ReasonMissingTopic, "")
-	case len(m.Topic) > MaxIDBytes:
-		return bad(ReasonUnknownTopic, fmt.Sprintf("topic of %d bytes, limit %d", len(m.Topic), MaxIDBytes))
-	case len(source) > MaxIDBytes:
-		return bad(ReasonInvalidText, fmt.Sprintf("source of %d bytes, limit %d", len(source), MaxIDBytes))
-	case len(m.Stream) > MaxStreamBytes:
-		return bad(ReasonStreamTooLong, fmt.Sprintf("%d bytes, limit %d", len(m.Stream), MaxStreamBytes))
-	case len(m.Body) > in.cfg.MaxBodyBytes:
-		return bad(ReasonBodyTooLarge, fmt.Sprintf("%d bytes, limit %d", len(m.Body), in.cfg.MaxBodyBytes))
-	case m.Stream != "" && m.Seq < *in.cfg.FirstSeq:
-		return bad(ReasonBadSequence, fmt.Sprintf("sequence %d is below the first sequence %d", m.Seq, *in.cfg.FirstSeq))
-	case m.Stream != "" && m.Seq == math.MaxInt64:
-		return bad(ReasonBadSequence, seqCannotBeFollowed(m.Seq))
-	}
-	for name, s := range map[string]string{"id": m.ID, "topic": m.Topic, "stream": m.Stream, "source": source} {
-		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
-			return bad(ReasonInvalidText, name+" must be UTF-8 without NUL bytes")
-		}
-	}
-	if in.cfg.StrictTopics && in.handler(m.Topic) == nil {
-		return bad(ReasonUnknownTopic, fmt.Sprintf("no handler for topic %q", m.Topic))
-	}
-	return nil
-}
-
-// execer runs a statement on a pool, connection or transaction.
-type execer interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
-
-// querier is what store needs from a pool or a transaction.
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-func (in *Inbox) store(ctx context.Context, db querier, msgs []Message) (StoreResult, error) {
-	res := StoreResult{New: make([]bool, len(msgs)), Late: make([]bool, len(msgs))}
+// insert stores a batch in one statement. The message-ID key (source, ID)
+// makes a message stored before, or earlier in the batch, a duplicate; the
+// statement also makes a sequence number below its stream's watermark one,
+// unless the watermark skipped it (a late arrival, stored dead).
+// It returns each message's fate, in the order of msgs.
+func (e *engine) insert(ctx context.Context, db querier, msgs []Message) ([]fate, error) {
+	fates := make([]fate, len(msgs))
 	if len(msgs) == 0 {
-		return res, nil
+		return fates, nil
 	}
 	type key struct{ source, id string }
 	first := make(map[key]int, len(msgs)) // a repeated key within the batch is a duplicate of its first
 	order := make([]int, 0, len(msgs))
 	for i := range msgs {
-		if err := in.validate(i, &msgs[i]); err != nil {
-			return StoreResult{}, err
-		}
 		k := key{msgs[i].Source, msgs[i].ID}
 		if k.source == "" {
-			k.source = in.cfg.Source
+			k.source = e.cfg.Source
 		}
 		if _, dup := first[k]; !dup {
 			first[k] = i
@@ -127,7 +54,7 @@ func (in *Inbox) store(ctx context.Context, db querier, msgs []Message) (StoreRe
 	// locks in the same order and cannot deadlock.
 	sort.Slice(order, func(a, b int) bool {
 		ka, kb := msgs[order[a]], msgs[order[b]]
-		sa, sb := in.sourceOf(&ka), in.sourceOf(&kb)
+		sa, sb := e.sourceOf(&ka), e.sourceOf(&kb)
 		if sa != sb {
 			return sa < sb
 		}
@@ -138,49 +65,49 @@ func (in *Inbox) store(ctx context.Context, db querier, msgs []Message) (StoreRe
 	seqs, headers, bodies := make([]int64, n), make([]string, n), make([][]byte, n)
 	for j, i := range order {
 		m := &msgs[i]
-		sources[j], ids[j], topics[j], streams[j], seqs[j], bodies[j] = in.sourceOf(m), m.ID, m.Topic, m.Stream, m.Seq, m.Body
+		sources[j], ids[j], topics[j], streams[j], seqs[j], bodies[j] = e.sourceOf(m), m.ID, m.Topic, m.Stream, m.Seq, m.Body
 		h, err := encodeHeaders(m.Headers)
 		if err != nil {
-			return StoreResult{}, fmt.Errorf("inbox: encode headers of message %q: %w", m.ID, err)
+			return nil, fmt.Errorf("inbox: encode headers of message %q: %w", m.ID, err)
 		}
 		headers[j] = h
 		if bodies[j] == nil {
 			bodies[j] = []byte{}
 		}
 	}
-	rows, err := db.Query(ctx, in.sql.store, sources, ids, topics, streams, seqs, headers, bodies, *in.cfg.FirstSeq, in.notifyChannel())
+	rows, err := db.Query(ctx, e.sql.store, sources, ids, topics, streams, seqs, headers, bodies, *e.cfg.FirstSeq, e.cfg.notifyChannel())
 	if err != nil {
-		return StoreResult{}, fmt.Errorf("inbox: store batch of %d: %w", n, err)
+		return nil, fmt.Errorf("inbox: store batch of %d: %w", n, err)
 	}
 	stored := map[key]bool{} // the value: stored dead, as a late arrival
 	var k key
 	var late bool
 	if _, err := pgx.ForEachRow(rows, []any{&k.source, &k.id, &late}, func() error { stored[k] = late; return nil }); err != nil {
-		return StoreResult{}, fmt.Errorf("inbox: store batch of %d: %w", n, err)
+		return nil, fmt.Errorf("inbox: store batch of %d: %w", n, err)
 	}
 	for i := range msgs {
-		k := key{in.sourceOf(&msgs[i]), msgs[i].ID}
+		k := key{e.sourceOf(&msgs[i]), msgs[i].ID}
 		late, ok := stored[k]
 		switch {
 		case !ok || first[k] != i:
-			res.Duplicates++
+			fates[i] = fateDuplicate
 		case late:
-			res.New[i], res.Late[i] = true, true
-			res.Stored++
-			res.Dead++
+			fates[i] = fateLate
 		default:
-			res.New[i] = true
-			res.Stored++
+			fates[i] = fateStored
 		}
 	}
-	return res, nil
+	return fates, nil
 }
 
-func (in *Inbox) sourceOf(m *Message) string {
-	if m.Source == "" {
-		return in.cfg.Source
+// cleanup deletes one batch of processed rows older than the retention
+// window and reports how many it deleted.
+func (e *engine) cleanup(ctx context.Context, db execer) (int64, error) {
+	tag, err := db.Exec(ctx, e.sql.cleanup, e.cfg.Retention.Seconds(), e.cfg.CleanupBatch)
+	if err != nil {
+		return 0, fmt.Errorf("inbox: delete processed rows past retention: %w", err)
 	}
-	return m.Source
+	return tag.RowsAffected(), nil
 }
 
 // encodeHeaders makes headers safe for jsonb, which refuses the NUL
@@ -195,14 +122,4 @@ func encodeHeaders(h map[string]string) (string, error) {
 	}
 	b, err := json.Marshal(clean)
 	return string(b), err
-}
-
-// cleanup deletes one batch of processed rows older than the retention
-// window and reports how many it deleted.
-func (in *Inbox) cleanup(ctx context.Context, db execer) (int64, error) {
-	tag, err := db.Exec(ctx, in.sql.cleanup, in.cfg.Retention.Seconds(), in.cfg.CleanupBatch)
-	if err != nil {
-		return 0, fmt.Errorf("inbox: delete processed rows past retention: %w", err)
-	}
-	return tag.RowsAffected(), nil
 }

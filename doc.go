@@ -109,7 +109,8 @@
 // an account number) are handled one at a time in [Message.Seq] order,
 // starting at [Config.FirstSeq]. The stream remembers the next sequence it
 // expects (its watermark), so a message whose sequence is below it is a
-// duplicate forever, even after its row is gone. When the next sequence has
+// duplicate, even after its row is gone, for as long as the stream is kept
+// (forever, unless it expires: see Idle streams). When the next sequence has
 // not arrived but later ones have, the stream waits (a gap); after
 // [Config.GapTimeout], counted from when the watermark reached the gap,
 // [Config.GapPolicy] applies: keep waiting ([GapWait]), go on without it
@@ -120,24 +121,26 @@
 // Skipped sequence numbers ([GapSkip], [Inbox.SkipStream]) are recorded: a
 // message that arrives for one later was never applied, so it is stored
 // dead with the reason "arrived after sequence N was skipped", not taken
-// for a duplicate ([StoreResult.Late]). [Inbox.RetryDead] refuses a message
-// below its stream's watermark ([ErrBelowWatermark]) unless given
+// for a duplicate ([StoreResult.Late]). [Inbox.RetryDeadMessages] refuses a
+// message below its stream's watermark ([ErrBelowWatermark]) unless given
 // [OutOfOrder], which runs it once after its successors without moving the
 // watermark. The largest sequence number, math.MaxInt64, is rejected
 // ([ReasonBadSequence]): no watermark could follow it.
 //
 // # Operations
 //
-// [Inbox.ListMessages] and [Inbox.GetMessage] show stored messages, with
-// the last error of failing and dead ones; [Inbox.RetryDead] and
-// [Inbox.RetryMessage] requeue dead messages, [Inbox.DeleteDead] drops them.
-// [Inbox.ListStreams] shows streams that wait on a gap or are parked;
-// [Inbox.RetryStream] and [Inbox.SkipStream] unblock them. The same
-// operations are in the inboxctl command (cmd/inboxctl). Metrics and traces
-// go through OpenTelemetry ([Config.MeterProvider], [Config.TracerProvider]),
-// logs through [log/slog] ([Config.Logger]). Processed rows
-// keep their message ID, to catch late duplicates, for [Config.Retention];
-// their bodies are dropped at once.
+// [Inbox.ListMessages] and [Inbox.GetMessage] show stored messages (their
+// [State]), with the last error of failing and dead ones;
+// [Inbox.RetryDeadMessages] and [Inbox.RetryDeadMessage] requeue dead
+// messages, [Inbox.DeleteDeadMessages] drops them, and [Inbox.DeadGroups]
+// groups them by failure for [Inbox.RetryDeadGroup] and
+// [Inbox.DeleteDeadGroup]. [Inbox.ListStreams] shows streams that wait on a
+// gap or are parked; [Inbox.RetryStream] and [Inbox.SkipStream] unblock
+// them and return the stream's new state. The same operations are in the
+// inboxctl command (cmd/inboxctl) and the dashboard (package dashboard).
+// Logs go through [log/slog] ([Config.Logger]). Processed rows keep their
+// message ID, to catch late duplicates, for [Config.Retention]; their
+// bodies are dropped at once.
 //
 // # Idle streams
 //
@@ -151,6 +154,34 @@
 // again. Store and expiry are safe against each other: a stream expiring
 // while a message of it is stored is made again, at the watermark the
 // message was judged by.
+//
+// # Sizing
+//
+// Each worker ([Config.Workers]) holds one pool connection while it works;
+// [Inbox.Store], the receiver, maintenance and the operations take others
+// for moments. Give the pool at least Workers+2 connections, more when the
+// receiver and the service's own code share it. A started Inbox also opens
+// two connections of its own, outside the pool, with the pool's settings:
+// one to LISTEN for other processes' stores (none with
+// [Config.DisableListen]), and a side connection on which the workers
+// record the start of each handler run, so that a run that kills the
+// process is recognised. Count them against the server's max_connections.
+//
+// # Telemetry
+//
+// Metrics and spans go through OpenTelemetry: the providers of
+// [Config.MeterProvider] and [Config.TracerProvider], the global ones by
+// default, which record nothing until the application installs an SDK;
+// the inbox starts no exporter. The names are constants of this package,
+// in one place (telemetry_names.go): the instrumentation scope
+// [InstrumentationName]; the metrics, MetricStored to
+// MetricStreamsMaxLag (counters per topic, histograms of handler duration
+// and end-to-end latency, backlog and stream gauges); the outbox's,
+// MetricOutboxEnqueued to MetricOutboxDead; the attributes, such
+// as [AttrTopic] and [AttrSchema]; and the trace-context headers
+// ([HeaderTraceParent]). A handler's span continues the trace its message
+// carried in, so one trace runs from the publisher to the handler.
+// [Stats] reads the same figures on demand.
 //
 // # Emitting messages: the outbox
 //
@@ -166,10 +197,11 @@
 // time, each after the previous one's publisher confirm, with the stream and
 // sequence in the headers the amqp receiver reads by default. Messages the
 // broker refuses are retried with backoff ([OutboxConfig.MaxAttempts]), and
-// unroutable ones are dead at once; [Outbox.ListOutbox], [Outbox.RetryOutbox]
-// and [Outbox.DeleteOutbox] (and inboxctl outbox) handle them, and
-// [Outbox.Stats] gives the figures. The trace context of the enqueuing span
-// travels in the traceparent header.
+// unroutable ones are dead at once; [Outbox.ListMessages],
+// [Outbox.RetryDeadMessages] and [Outbox.DeleteDeadMessages] (and inboxctl
+// outbox) handle them, and [Outbox.Stats] gives the figures. The trace
+// context of the enqueuing span travels in the traceparent header. See
+// docs/outbox.md.
 //
 // For tests of a service, the module github.com/inboxkit/inbox/inboxtest
 // gives each test a migrated schema of its own, and helpers to publish

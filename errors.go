@@ -51,7 +51,7 @@ type BelowWatermark struct {
 	Watermark      int64 // the stream's next expected sequence number
 }
 
-// BelowWatermarkError is returned by RetryDead and RetryMessage for the dead
+// BelowWatermarkError is returned by RetryDeadMessages and RetryDeadMessage for the dead
 // messages they left dead because their streams have moved past them:
 // requeued, each would be taken for a duplicate and never handled. The
 // other messages were requeued. OutOfOrder requeues them anyway.
@@ -125,4 +125,16 @@ type PanicError struct {
 
 func (e *PanicError) Error() string {
 	return fmt.Sprintf("handler panicked: %v\n%s", e.Value, e.Stack)
+}
+
+// firstLine is the first line of err's text, for logs, spans and reasons
+// that must stay one line (a panic's stack follows its first line).
+func firstLine(err error) string {
+	s := err.Error()
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i]
+		}
+	}
+	return s
 }

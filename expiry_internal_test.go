@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/inboxkit/inbox/internal/sqlident"
 	"github.com/inboxkit/inbox/internal/testenv"
 )
 
@@ -17,10 +18,11 @@ import (
 // helpers to age the stream, run expiry in a transaction of the test's,
 // and process what is pending.
 type expiryBundle struct {
-	t    *testing.T
-	ctx  context.Context
-	pool *pgxpool.Pool
-	in   *Inbox
+	t      *testing.T
+	ctx    context.Context
+	pool   *pgxpool.Pool
+	schema string
+	in     *Inbox
 
 	mu      sync.Mutex
 	applied []int64 // sequence numbers of stream "s", in handling order
@@ -37,7 +39,7 @@ func newExpiryBundle(t *testing.T) *expiryBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &expiryBundle{t: t, ctx: ctx, pool: pool, in: in}
+	b := &expiryBundle{t: t, ctx: ctx, pool: pool, schema: schema, in: in}
 	in.Handle("t", func(_ context.Context, _ pgx.Tx, m *Message) error {
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -52,7 +54,7 @@ func newExpiryBundle(t *testing.T) *expiryBundle {
 
 func (b *expiryBundle) store(db querier, id string, seq int64) StoreResult {
 	b.t.Helper()
-	res, err := b.in.store(b.ctx, db, []Message{{ID: id, Topic: "t", Stream: "s", Seq: seq}})
+	res, err := b.in.e.store(b.ctx, db, []Message{{ID: id, Topic: "t", Stream: "s", Seq: seq}})
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -75,14 +77,19 @@ func (b *expiryBundle) process(n int) {
 	b.waitFor("handled messages", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return len(b.applied) == n && b.count(`SELECT count(*) FROM `+b.in.table("inbox_messages")+` WHERE state = 'pending' AND stream NOT IN ('gapped')`) == 0
+		return len(b.applied) == n && b.count(`SELECT count(*) FROM `+b.table("inbox_messages")+` WHERE state = 'pending' AND stream NOT IN ('gapped')`) == 0
 	})
+}
+
+// table is the test schema's table name, quoted.
+func (b *expiryBundle) table(name string) string {
+	return sqlident.Quote(b.schema) + "." + name
 }
 
 // age makes every stream look idle for two hours.
 func (b *expiryBundle) age() {
 	b.t.Helper()
-	if _, err := b.pool.Exec(b.ctx, `UPDATE `+b.in.table("inbox_streams")+` SET updated_at = now() - interval '2 hours'`); err != nil {
+	if _, err := b.pool.Exec(b.ctx, `UPDATE `+b.table("inbox_streams")+` SET updated_at = now() - interval '2 hours'`); err != nil {
 		b.t.Fatal(err)
 	}
 }
@@ -92,7 +99,7 @@ func (b *expiryBundle) expire(db querier) int64 {
 	b.t.Helper()
 	var seen, expired int64
 	var source, stream string
-	rows, err := db.Query(b.ctx, b.in.sql.expireStreams, "", "", 1000, time.Hour.Seconds())
+	rows, err := db.Query(b.ctx, b.in.e.sql.expireStreams, "", "", 1000, time.Hour.Seconds())
 	if err == nil {
 		for rows.Next() {
 			err = rows.Scan(&seen, &source, &stream, &expired)
@@ -119,8 +126,8 @@ func (b *expiryBundle) count(sql string, args ...any) int {
 // whether it has a head row.
 func (b *expiryBundle) watermark() (next int64, heads bool) {
 	b.t.Helper()
-	err := b.pool.QueryRow(b.ctx, `SELECT coalesce((SELECT next_seq FROM `+b.in.table("inbox_streams")+` WHERE stream = 's'), 0),
-		EXISTS (SELECT 1 FROM `+b.in.table("inbox_stream_heads")+` WHERE stream = 's')`).Scan(&next, &heads)
+	err := b.pool.QueryRow(b.ctx, `SELECT coalesce((SELECT next_seq FROM `+b.table("inbox_streams")+` WHERE stream = 's'), 0),
+		EXISTS (SELECT 1 FROM `+b.table("inbox_stream_heads")+` WHERE stream = 's')`).Scan(&next, &heads)
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -175,7 +182,7 @@ func TestExpiryBeforeStoreOfTheStream(t *testing.T) {
 	}
 	stored := make(chan StoreResult, 1)
 	go func() {
-		res, err := b.in.store(b.ctx, b.pool, []Message{{ID: "m2", Topic: "t", Stream: "s", Seq: 2}})
+		res, err := b.in.e.store(b.ctx, b.pool, []Message{{ID: "m2", Topic: "t", Stream: "s", Seq: 2}})
 		if err != nil {
 			t.Error(err)
 		}
@@ -234,7 +241,7 @@ func TestExpiredStreamStartsAgain(t *testing.T) {
 	b.store(b.pool, "m2", 2)
 	b.process(2)
 	b.age()
-	if n, err := b.in.expireIdleStreams(b.ctx, b.pool); err != nil || n != 1 {
+	if n, err := b.in.e.expireIdleStreams(b.ctx, b.pool); err != nil || n != 1 {
 		t.Fatalf("expireIdleStreams: %d, %v; want 1 stream", n, err)
 	}
 	if next, heads := b.watermark(); next != 0 || heads {
@@ -266,14 +273,14 @@ func TestExpirySparesStreamsInUse(t *testing.T) {
 	if _, err := b.in.Store(ctx, msgs...); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.pool.Exec(ctx, `UPDATE `+b.in.table("inbox_messages")+` SET state = 'dead' WHERE message_id = 'park-1'`); err != nil {
+	if _, err := b.pool.Exec(ctx, `UPDATE `+b.table("inbox_messages")+` SET state = 'dead' WHERE message_id = 'park-1'`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.pool.Exec(ctx, `UPDATE `+b.in.table("inbox_streams")+` SET parked_at = now(), parked_reason = 'test' WHERE stream = 'parked'`); err != nil {
+	if _, err := b.pool.Exec(ctx, `UPDATE `+b.table("inbox_streams")+` SET parked_at = now(), parked_reason = 'test' WHERE stream = 'parked'`); err != nil {
 		t.Fatal(err)
 	}
 	if err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-		return b.in.refreshHeads(ctx, tx, streamKey{"default", "parked"})
+		return b.in.e.refreshHeads(ctx, tx, streamKey{"default", "parked"})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +289,7 @@ func TestExpirySparesStreamsInUse(t *testing.T) {
 	b.age()
 	// The worker's lock: a claim holds the stream row.
 	tx, _ := b.begin()
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM `+b.in.table("inbox_streams")+` WHERE stream = 's' FOR UPDATE`); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM `+b.table("inbox_streams")+` WHERE stream = 's' FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
 	if n := b.expire(b.pool); n != 0 {
@@ -292,7 +299,7 @@ func TestExpirySparesStreamsInUse(t *testing.T) {
 	if n := b.expire(b.pool); n != 1 {
 		t.Fatalf("expired %d streams once unlocked, want 1 (s)", n)
 	}
-	if n := b.count(`SELECT count(*) FROM ` + b.in.table("inbox_streams")); n != 2 {
+	if n := b.count(`SELECT count(*) FROM ` + b.table("inbox_streams")); n != 2 {
 		t.Fatalf("%d streams left, want 2 (gapped, parked)", n)
 	}
 }
@@ -308,7 +315,7 @@ func TestRequeueIntoExpiredStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitFor("a dead message", func() bool {
-		return b.count(`SELECT count(*) FROM `+b.in.table("inbox_messages")+` WHERE state = 'dead'`) == 1
+		return b.count(`SELECT count(*) FROM `+b.table("inbox_messages")+` WHERE state = 'dead'`) == 1
 	})
 	if err := b.in.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -316,15 +323,15 @@ func TestRequeueIntoExpiredStream(t *testing.T) {
 	b.mu.Lock()
 	b.fail = false
 	b.mu.Unlock()
-	if err := b.in.SkipStream(ctx, "default", "s"); err != nil {
+	if _, err := b.in.SkipStream(ctx, "default", "s"); err != nil {
 		t.Fatal(err)
 	}
 	b.age()
 	if n := b.expire(b.pool); n != 1 {
 		t.Fatalf("expired %d streams, want 1", n)
 	}
-	if n, err := b.in.RetryDead(ctx, MessageFilter{}); err != nil || n != 1 {
-		t.Fatalf("RetryDead: %d, %v; want 1", n, err)
+	if n, err := b.in.RetryDeadMessages(ctx, MessageFilter{}); err != nil || n != 1 {
+		t.Fatalf("RetryDeadMessages: %d, %v; want 1", n, err)
 	}
 	b.process(1)
 	if next, heads := b.watermark(); next != 2 || !heads {
@@ -337,7 +344,7 @@ func TestRequeueIntoExpiredStream(t *testing.T) {
 func TestExpiryVisitsEveryWindow(t *testing.T) {
 	b := newExpiryBundle(t)
 	ctx := b.ctx
-	b.in.cfg.CleanupBatch = 2
+	b.in.e.cfg.CleanupBatch = 2
 	names := []string{"a1", "a2", "b1", "b2", "c1"}
 	for _, s := range names {
 		if _, err := b.in.Store(ctx, Message{ID: s, Topic: "t", Stream: s, Seq: 1}); err != nil {
@@ -347,10 +354,10 @@ func TestExpiryVisitsEveryWindow(t *testing.T) {
 	b.process(len(names))
 	b.age()
 	// The first window (a1, a2) has nothing to expire.
-	if _, err := b.pool.Exec(ctx, `UPDATE `+b.in.table("inbox_streams")+` SET updated_at = now() WHERE stream LIKE 'a%'`); err != nil {
+	if _, err := b.pool.Exec(ctx, `UPDATE `+b.table("inbox_streams")+` SET updated_at = now() WHERE stream LIKE 'a%'`); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := b.in.expireIdleStreams(ctx, b.pool); err != nil || n != 3 {
+	if n, err := b.in.e.expireIdleStreams(ctx, b.pool); err != nil || n != 3 {
 		t.Fatalf("expireIdleStreams: %d, %v; want 3 (b1, b2, c1)", n, err)
 	}
 }

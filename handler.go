@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -40,4 +42,44 @@ func Chain(h Handler, mw ...Middleware) Handler {
 		h = mw[i](h)
 	}
 	return h
+}
+
+// handlers is the registry of an Inbox's handlers, by topic.
+type handlers struct {
+	mu      sync.RWMutex
+	byTopic map[string]Handler
+}
+
+// add registers h for topic; it reports false if topic has one already.
+func (r *handlers) add(topic string, h Handler) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.byTopic[topic]; ok {
+		return false
+	}
+	r.byTopic[topic] = h
+	return true
+}
+
+// get returns topic's handler, or nil.
+func (r *handlers) get(topic string) Handler {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.byTopic[topic]
+}
+
+// has reports whether topic has a handler.
+func (r *handlers) has(topic string) bool { return r.get(topic) != nil }
+
+// topics lists the topics with a handler, in name order: workers claim
+// only those, so instances with different handlers can share one inbox.
+func (r *handlers) topics() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.byTopic))
+	for t := range r.byTopic {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
 }

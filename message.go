@@ -22,7 +22,8 @@ type Message struct {
 	// Body is the payload, up to Config.MaxBodyBytes.
 	Body []byte
 
-	// Attempt is the 1-based number of this handler run. Set for handlers.
+	// Attempt is the 1-based number of this handler run: one more than the
+	// attempts that came before it (MessageInfo.Attempts). Set for handlers.
 	Attempt int
 	// ReceivedAt is when the message was stored. Set for handlers.
 	ReceivedAt time.Time
@@ -35,17 +36,16 @@ type Message struct {
 	deaths int
 }
 
-// StoreResult tells which of the messages given to Store were new.
-type StoreResult struct {
-	// New[i] is true when the i-th message was stored, false when it was a
-	// duplicate (by ID, or by a sequence number its stream has applied).
-	New []bool
-	// Late[i] is true when the i-th message was stored dead: its stream had
-	// skipped its sequence number (GapSkip or SkipStream) before it
-	// arrived. New[i] is true too. It is never handled unless an operator
-	// requeues it with OutOfOrder.
-	Late []bool
-	// Stored and Duplicates count the outcomes of New; Dead counts Late,
-	// which Stored includes.
-	Stored, Duplicates, Dead int
-}
+// State is where a stored message stands.
+type State string
+
+const (
+	// StatePending messages wait for their handler: due now, scheduled
+	// for a retry, or held by a worker.
+	StatePending State = "pending"
+	// StateDone messages were handled (or found to be duplicates); their
+	// rows are kept for Config.Retention, without body, as dedup keys.
+	StateDone State = "done"
+	// StateDead messages were given up on, and wait for an operator.
+	StateDead State = "dead"
+)

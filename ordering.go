@@ -31,11 +31,6 @@ import (
 // may requeue a dead message below the watermark to run out of order
 // (OutOfOrder): it runs without moving the watermark.
 
-// beginner starts a transaction on a pool or a connection.
-type beginner interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
-}
-
 // streamWork is one claimed stream and the pending messages loaded for it.
 type streamWork struct {
 	source, stream string
@@ -54,116 +49,56 @@ type streamMessage struct {
 	late       string // below the watermark in a skipped range: why it dies
 }
 
-func collectStreams(br pgx.BatchResults) ([]*streamWork, error) {
-	rows, err := br.Query()
-	if err != nil {
-		return nil, err
-	}
-	var out []*streamWork
-	seen := map[[2]string]bool{}
-	var s streamWork
-	_, err = pgx.ForEachRow(rows, []any{&s.source, &s.stream, &s.nextSeq, &s.inGap}, func() error {
-		// A stream may head the claim twice (a late duplicate at its
-		// watermark); it is locked and worked once.
-		k := [2]string{s.source, s.stream}
-		if !seen[k] {
-			seen[k] = true
-			w := s
-			out = append(out, &w)
+// step is what a stream does with one of its loaded messages, in sequence
+// order, given the watermark.
+type step int
+
+const (
+	stepRun          step = iota // at the watermark: run; success moves the watermark
+	stepReplay                   // below it, requeued out of order by an operator: run; the watermark stays
+	stepPass                     // below it, out of order but not due or unhandled: leave it for later
+	stepLate                     // below it, in a skipped range: dies without running
+	stepDuplicate                // below it: already applied
+	stepGap                      // above it: the stream waits for a missing message
+	stepHold                     // at it but not due, or no handler here: the stream waits
+	stepUnfollowable             // at it with the largest sequence number: dies, and parks the stream
+)
+
+// nextStep decides what a stream at watermark does with m.
+func nextStep(m *streamMessage, watermark int64, handled func(topic string) bool) step {
+	switch {
+	case m.Seq < watermark && m.outOfOrder:
+		// The operator's choice: it runs, and the watermark stays.
+		if m.ready && handled(m.Topic) {
+			return stepReplay
 		}
-		return nil
-	})
-	return out, err
+		return stepPass
+	case m.Seq < watermark && m.late != "":
+		// Stored while the watermark was skipping its sequence number.
+		return stepLate
+	case m.Seq < watermark:
+		return stepDuplicate
+	case m.Seq > watermark:
+		return stepGap
+	case !m.ready || !handled(m.Topic):
+		return stepHold
+	case m.Seq == math.MaxInt64:
+		// Stored before Store refused it: handled, it would leave the
+		// watermark nowhere to go.
+		return stepUnfollowable
+	}
+	return stepRun
 }
 
-// loadStreams reads each claimed stream's next pending messages, in a
-// statement that starts after the locks are held, so it sees everything the
-// stream's previous holder committed.
-func (in *Inbox) loadStreams(ctx context.Context, tx pgx.Tx, streams []*streamWork) error {
-	if len(streams) == 0 {
-		return nil
-	}
-	b := &pgx.Batch{}
-	for _, s := range streams {
-		b.Queue(in.sql.loadStream, s.source, s.stream, in.cfg.StreamBatchSize, s.nextSeq)
-	}
-	br := tx.SendBatch(ctx, b)
-	defer br.Close()
-	for _, s := range streams {
-		rows, err := br.Query()
-		if err != nil {
-			return fmt.Errorf("load stream %q: %w", s.stream, err)
-		}
-		s.msgs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*streamMessage, error) {
-			m := &streamMessage{Message: &Message{Source: s.source, Stream: s.stream}}
-			var headers map[string]string
-			err := row.Scan(&m.RowID, &m.ID, &m.Topic, &m.Seq, &headers, &m.Body, &m.Attempt, &m.ReceivedAt, &m.ready,
-				&m.outOfOrder, &m.late)
-			m.Headers = headers
-			m.Attempt++
-			return m, err
-		})
-		if err != nil {
-			return fmt.Errorf("load stream %q: %w", s.stream, err)
-		}
-	}
-	return br.Close()
+// park marks s to be parked on m, dead of err, when the claim settles.
+func (s *streamWork) park(m *streamMessage, err error) {
+	s.parkReason = deadParkReason(m.Message, err)
+	s.parkedMessage = m.RowID
 }
 
-// processStream runs a claimed stream's consecutive ready messages in
-// sequence order and stops at the first gap, not-yet-due retry or failure.
-func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, res *results) error {
-	res.streams = append(res.streams, s)
-	s.inGap = false
-	for _, m := range s.msgs {
-		switch {
-		case m.Seq < s.nextSeq && m.outOfOrder:
-			// The operator's choice: it runs, and the watermark stays. A
-			// failure does not park the stream, which has moved on.
-			if m.ready && in.handler(m.Topic) != nil && res.starts.mayStart(m.RowID) {
-				if _, err := in.process(ctx, tx, m.Message, res); err != nil {
-					return err
-				}
-			}
-			continue
-		case m.Seq < s.nextSeq && m.late != "":
-			// Stored while the watermark was skipping its sequence number.
-			res.late = append(res.late, lateMessage{m.Message, m.late})
-			continue
-		case m.Seq < s.nextSeq:
-			res.duplicates = append(res.duplicates, m.RowID)
-			continue
-		case m.Seq > s.nextSeq:
-			s.inGap = true
-			return nil
-		case !m.ready || in.handler(m.Topic) == nil:
-			return nil
-		case m.Seq == math.MaxInt64:
-			// Stored before Store refused it: handled, it would leave the
-			// watermark nowhere to go.
-			f := failure{msg: m.Message, dead: true, err: errors.New(seqCannotBeFollowed(m.Seq))}
-			res.failed = append(res.failed, f)
-			s.parkReason = fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, f.err)
-			s.parkedMessage = m.RowID
-			return nil
-		case !res.starts.mayStart(m.RowID):
-			return nil // out of time, or a suspect: it runs in a claim of its own
-		}
-		f, err := in.process(ctx, tx, m.Message, res)
-		if err != nil {
-			return err
-		}
-		if f == nil {
-			s.nextSeq++
-			continue
-		}
-		if f.dead {
-			s.parkReason = fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, firstLine(f.err))
-			s.parkedMessage = m.RowID
-		}
-		return nil
-	}
-	return nil
+// deadParkReason is the reason a stream is parked for its dead message m.
+func deadParkReason(m *Message, err error) string {
+	return fmt.Sprintf("message %d (seq %d) is dead: %s", m.RowID, m.Seq, firstLine(err))
 }
 
 // sweepGaps finds streams waiting on a missing sequence number that no
@@ -171,13 +106,13 @@ func (in *Inbox) processStream(ctx context.Context, tx pgx.Tx, s *streamWork, re
 // waits older than GapTimeout. It returns how many streams it changed. Each
 // stream's change is made in a savepoint: one that fails parks its stream,
 // saying why, and the sweep goes on with the others.
-func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
+func (e *engine) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin gap sweep: %w", err)
 	}
 	defer rollback(tx)
-	rows, err := tx.Query(ctx, in.sql.findGaps, in.cfg.GapTimeout.Seconds(), 1000)
+	rows, err := tx.Query(ctx, e.sql.findGaps, e.cfg.GapTimeout.Seconds(), 1000)
 	if err != nil {
 		return 0, fmt.Errorf("find gaps: %w", err)
 	}
@@ -200,7 +135,7 @@ func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
 			repaired++
 			continue
 		}
-		act := in.gapAction(g)
+		act := e.gapAction(g)
 		if act.sql == "" {
 			continue
 		}
@@ -215,9 +150,9 @@ func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
 			}
 		case errors.As(err, &failed):
 			reason := "gap sweep failed: " + firstLine(failed.err)
-			in.log.error("inbox: gap sweep failed on a stream; parking it", "source", g.source, "stream", g.stream, "error", failed.err)
-			if err := savepoint(ctx, tx, in.sql.parkFailed, g.source, g.stream, reason); err != nil {
-				in.log.error("inbox: cannot park the stream the gap sweep failed on", "source", g.source, "stream", g.stream, "error", err)
+			e.log.error("inbox: gap sweep failed on a stream; parking it", "source", g.source, "stream", g.stream, "error", failed.err)
+			if err := savepoint(ctx, tx, e.sql.parkFailed, g.source, g.stream, reason); err != nil {
+				e.log.error("inbox: cannot park the stream the gap sweep failed on", "source", g.source, "stream", g.stream, "error", err)
 			}
 		default:
 			return 0, fmt.Errorf("gap sweep of stream %q: %w", g.stream, err)
@@ -226,14 +161,14 @@ func (in *Inbox) sweepGaps(ctx context.Context, db beginner) (int, error) {
 	if changed == 0 {
 		return 0, nil
 	}
-	if err := in.refreshHeads(ctx, tx, keys...); err != nil {
+	if err := e.refreshHeads(ctx, tx, keys...); err != nil {
 		return 0, fmt.Errorf("gap sweep: rewrite stream heads: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit gap sweep: %w", err)
 	}
 	if skipped+repaired > 0 {
-		in.wake.signal()
+		e.wake.signal()
 	}
 	return changed, nil
 }
@@ -256,57 +191,29 @@ type gapStep struct {
 	log  func()
 }
 
-func (in *Inbox) gapAction(g gap) gapStep {
+func (e *engine) gapAction(g gap) gapStep {
 	missing := fmt.Sprintf("sequence %d..%d", g.nextSeq, *g.head-1)
 	switch {
 	case g.since == nil:
-		return gapStep{sql: in.sql.gapStarted, args: []any{g.source, g.stream}, log: func() {}}
+		return gapStep{sql: e.sql.gapStarted, args: []any{g.source, g.stream}, log: func() {}}
 	case !g.expired:
 		return gapStep{}
-	case in.cfg.GapPolicy == GapSkip:
+	case e.cfg.GapPolicy == GapSkip:
 		note := fmt.Sprintf("skipped %s at %s after waiting since %s", missing, time.Now().UTC().Format(time.RFC3339), g.since.UTC().Format(time.RFC3339))
-		return gapStep{sql: in.sql.gapSkip, args: []any{g.source, g.stream, g.nextSeq, *g.head, note}, skip: true, log: func() {
-			in.log.warn("inbox: gap timeout: skipping missing messages", "source", g.source, "stream", g.stream, "missing", missing)
+		return gapStep{sql: e.sql.gapSkip, args: []any{g.source, g.stream, g.nextSeq, *g.head, note}, skip: true, log: func() {
+			e.log.warn("inbox: gap timeout: skipping missing messages", "source", g.source, "stream", g.stream, "missing", missing)
 		}}
-	case in.cfg.GapPolicy == GapPark:
+	case e.cfg.GapPolicy == GapPark:
 		reason := fmt.Sprintf("gap: %s missing since %s", missing, g.since.UTC().Format(time.RFC3339))
-		return gapStep{sql: in.sql.park, args: []any{g.source, g.stream, reason, nil}, log: func() {
-			in.log.warn("inbox: gap timeout: stream parked", "source", g.source, "stream", g.stream, "missing", missing)
+		return gapStep{sql: e.sql.park, args: []any{g.source, g.stream, reason, nil}, log: func() {
+			e.log.warn("inbox: gap timeout: stream parked", "source", g.source, "stream", g.stream, "missing", missing)
 		}}
 	case !g.told:
-		return gapStep{sql: in.sql.gapReported, args: []any{g.source, g.stream}, log: func() {
-			in.log.warn("inbox: stream still waiting for missing messages", "source", g.source, "stream", g.stream, "missing", missing, "since", g.since)
+		return gapStep{sql: e.sql.gapReported, args: []any{g.source, g.stream}, log: func() {
+			e.log.warn("inbox: stream still waiting for missing messages", "source", g.source, "stream", g.stream, "missing", missing, "since", g.since)
 		}}
 	}
 	return gapStep{}
-}
-
-// savepointError is the failure of the statement a savepoint guarded; the
-// transaction is still usable.
-type savepointError struct{ err error }
-
-func (e *savepointError) Error() string { return e.err.Error() }
-func (e *savepointError) Unwrap() error { return e.err }
-
-// savepoint runs one statement in a savepoint, in one round trip when it
-// succeeds. Its failure is a *savepointError and leaves tx usable; any
-// other error means tx is lost.
-func savepoint(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
-	b := &pgx.Batch{}
-	b.Queue("SAVEPOINT inbox_step")
-	b.Queue(sql, args...)
-	b.Queue("RELEASE SAVEPOINT inbox_step")
-	err := tx.SendBatch(ctx, b).Close()
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return err
-	}
-	if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT inbox_step"); rerr != nil {
-		return errors.Join(err, rerr)
-	}
-	return &savepointError{err: err}
 }
 
 // seqCannotBeFollowed says why the largest sequence number is refused.

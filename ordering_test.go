@@ -164,7 +164,7 @@ func TestGapPolicies(t *testing.T) {
 					}
 					return len(s) == 1 && strings.Contains(s[0].ParkedReason, "gap")
 				})
-				if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+				if _, err := in.SkipStream(b.ctx, "", "a"); err != nil {
 					t.Fatal(err)
 				}
 				b.waitState("done", 2, 10*time.Second)
@@ -204,7 +204,7 @@ func TestFailingMessageParksOnlyItsStream(t *testing.T) {
 	}
 	// Retry: the failed message runs again, and the stream resumes.
 	broken.Store(false)
-	if err := in.RetryStream(b.ctx, "", "bad"); err != nil {
+	if _, err := in.RetryStream(b.ctx, "", "bad"); err != nil {
 		t.Fatal(err)
 	}
 	b.waitState("done", 10, 10*time.Second)
@@ -229,7 +229,7 @@ func TestSkipParkedMessage(t *testing.T) {
 		s, _ := in.ListStreams(b.ctx, inbox.StreamFilter{Parked: true})
 		return len(s) == 1
 	})
-	if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+	if _, err := in.SkipStream(b.ctx, "", "a"); err != nil {
 		t.Fatal(err)
 	}
 	b.waitState("done", 2, 10*time.Second)
@@ -238,7 +238,7 @@ func TestSkipParkedMessage(t *testing.T) {
 	if fmt.Sprint(seqs) != "[1 3]" {
 		t.Fatalf("applied %v, want [1 3]", seqs)
 	}
-	if err := in.SkipStream(b.ctx, "", "nope"); !errors.Is(err, inbox.ErrNotFound) {
+	if _, err := in.SkipStream(b.ctx, "", "nope"); !errors.Is(err, inbox.ErrNotFound) {
 		t.Fatalf("skip unknown stream: %v", err)
 	}
 }

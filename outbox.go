@@ -2,26 +2,13 @@ package inbox
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
-	"sync/atomic"
-	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
-
-	"github.com/inboxkit/inbox/internal/sqlident"
 )
 
 // Outbox stores outgoing messages in the caller's transaction, so that a
@@ -37,19 +24,6 @@ type Outbox struct {
 	tel  *outboxTelemetry
 }
 
-// Defaults of OutboxConfig fields left zero.
-const (
-	DefaultOutboxMaxHeaderBytes = 64 << 10
-	DefaultOutboxMaxAttempts    = 10
-	DefaultOutboxRetryInitial   = time.Second
-	DefaultOutboxRetryMax       = 5 * time.Minute
-	DefaultOutboxRetention      = 24 * time.Hour
-)
-
-// MaxShortStringBytes bounds the AMQP short strings of an outgoing message
-// (type, exchange, routing key, content type): the wire format allows 255.
-const MaxShortStringBytes = 255
-
 // Rejection reasons of an InvalidMessageError from Enqueue, besides the
 // Reason constants it shares with Store.
 const (
@@ -60,114 +34,6 @@ const (
 	ReasonHeadersTooLarge    = "headers too large"
 	ReasonRepeatedID         = "message id repeated in the batch"
 )
-
-// Route is where an outgoing message is published: an exchange ("" for the
-// default exchange, which routes to the queue named by the routing key) and
-// a routing key.
-type Route struct {
-	Exchange   string
-	RoutingKey string
-}
-
-// OutboxConfig tunes an Outbox. The zero value is usable.
-type OutboxConfig struct {
-	// Schema holds the outbox tables (see package migrations). Defaults to
-	// DefaultSchema.
-	Schema string
-	// Destinations names routes, so that code enqueues to "shipments"
-	// rather than to an exchange and routing key. A name is resolved at
-	// Enqueue; an unknown one is refused there.
-	Destinations map[string]Route
-	// MaxBodyBytes refuses larger bodies at Enqueue. Defaults to
-	// DefaultMaxBodyBytes.
-	MaxBodyBytes int
-	// MaxHeaderBytes bounds the headers of one message (names and values).
-	// Defaults to DefaultOutboxMaxHeaderBytes.
-	MaxHeaderBytes int
-	// MaxAttempts is how many times a relay tries a message the broker
-	// refuses (nack, missing exchange) before it is dead. Defaults to
-	// DefaultOutboxMaxAttempts.
-	MaxAttempts int
-	// RetryInitial, RetryMax and RetryJitter shape the backoff between those
-	// attempts. Default to DefaultOutboxRetryInitial, DefaultOutboxRetryMax
-	// and DefaultRetryJitter.
-	RetryInitial time.Duration
-	RetryMax     time.Duration
-	RetryJitter  float64
-	// Retention is how long sent messages are kept (without their body)
-	// before a relay deletes them; an ID enqueued again within it is a
-	// duplicate. Defaults to DefaultOutboxRetention.
-	Retention time.Duration
-	// CleanupBatch bounds one delete of expired sent rows. Defaults to
-	// DefaultCleanupBatch.
-	CleanupBatch int
-	// DisableListen makes Enqueue send no NOTIFY: relays in other processes
-	// then find new messages by polling.
-	DisableListen bool
-	// Logger receives the outbox's logs. Defaults to slog.Default().
-	Logger *slog.Logger
-	// MeterProvider receives the outbox's metrics (the MetricOutbox
-	// constants). Defaults to the global one.
-	MeterProvider metric.MeterProvider
-}
-
-func (c OutboxConfig) withDefaults() OutboxConfig {
-	setDefault(&c.Schema, DefaultSchema)
-	setDefault(&c.MaxBodyBytes, DefaultMaxBodyBytes)
-	setDefault(&c.MaxHeaderBytes, DefaultOutboxMaxHeaderBytes)
-	setDefault(&c.MaxAttempts, DefaultOutboxMaxAttempts)
-	setDefault(&c.RetryInitial, DefaultOutboxRetryInitial)
-	setDefault(&c.RetryMax, DefaultOutboxRetryMax)
-	setDefault(&c.RetryJitter, DefaultRetryJitter)
-	setDefault(&c.Retention, DefaultOutboxRetention)
-	setDefault(&c.CleanupBatch, DefaultCleanupBatch)
-	if c.RetryJitter < 0 {
-		c.RetryJitter = 0
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.MeterProvider == nil {
-		c.MeterProvider = otel.GetMeterProvider()
-	}
-	return c
-}
-
-func (c OutboxConfig) validate() error {
-	if err := sqlident.Validate(c.Schema); err != nil {
-		return fmt.Errorf("inbox: OutboxConfig.Schema: %w", err)
-	}
-	for _, p := range []struct {
-		name string
-		ok   bool
-	}{
-		{"MaxBodyBytes", c.MaxBodyBytes > 0},
-		{"MaxHeaderBytes", c.MaxHeaderBytes > 0},
-		{"MaxAttempts", c.MaxAttempts > 0},
-		{"RetryInitial", c.RetryInitial > 0},
-		{"RetryMax", c.RetryMax >= c.RetryInitial},
-		{"Retention", c.Retention > 0},
-		{"CleanupBatch", c.CleanupBatch > 0},
-	} {
-		if !p.ok {
-			return fmt.Errorf("inbox: OutboxConfig.%s must be positive (RetryMax at least RetryInitial)", p.name)
-		}
-	}
-	if c.RetryJitter > 1 {
-		return fmt.Errorf("inbox: OutboxConfig.RetryJitter %v must be at most 1", c.RetryJitter)
-	}
-	for name, r := range c.Destinations {
-		if name == "" || len(name) > MaxShortStringBytes || len(r.Exchange) > MaxShortStringBytes || len(r.RoutingKey) > MaxShortStringBytes {
-			return fmt.Errorf("inbox: OutboxConfig.Destinations[%q]: names, exchanges and routing keys are 1 to %d bytes", name, MaxShortStringBytes)
-		}
-	}
-	return nil
-}
-
-// retryDelay is the wait before attempt+1 of a refused publish.
-func (c OutboxConfig) retryDelay(attempt int) time.Duration {
-	return Config{RetryInitial: c.RetryInitial, RetryMax: c.RetryMax, RetryJitter: c.RetryJitter}.retryDelay(attempt)
-}
 
 // NewOutbox returns an Outbox on pool. The schema must be migrated.
 func NewOutbox(pool *pgxpool.Pool, cfg OutboxConfig) (*Outbox, error) {
@@ -183,7 +49,7 @@ func NewOutbox(pool *pgxpool.Pool, cfg OutboxConfig) (*Outbox, error) {
 		pool: pool,
 		cfg:  cfg,
 		log:  log,
-		sql:  newOutboxQueries(sqlident.Quote(cfg.Schema)),
+		sql:  newOutboxQueries(cfg.Schema),
 		wake: newWakeup(),
 		tel:  newOutboxTelemetry(cfg, log),
 	}, nil
@@ -416,62 +282,4 @@ func (o *Outbox) notifyChannel() string {
 
 // OutboxNotifyChannel is the LISTEN/NOTIFY channel on which Enqueue
 // announces new messages of schema at commit.
-func OutboxNotifyChannel(schema string) string {
-	name := "outbox_" + schema
-	if len(name) > 63 {
-		name = name[:63] // the server truncates LISTEN names the same way
-	}
-	return name
-}
-
-// traceHeaders renders the span context of ctx as W3C trace context
-// headers, or nil without one.
-func traceHeaders(ctx context.Context) map[string]string {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return nil
-	}
-	h := map[string]string{}
-	propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(h))
-	return h
-}
-
-// handlerRun is one run of a handler: the message it handles and how many
-// outgoing messages it has enqueued so far. A retried handler gets a fresh
-// run, so it counts from zero again and derives the same IDs.
-type handlerRun struct {
-	msg      *Message
-	enqueued atomic.Int64
-}
-
-type handlerRunKey struct{}
-
-// withHandlerRun marks ctx as the context of one handler run of m.
-func withHandlerRun(ctx context.Context, m *Message) context.Context {
-	return context.WithValue(ctx, handlerRunKey{}, &handlerRun{msg: m})
-}
-
-func handlerRunFrom(ctx context.Context) *handlerRun {
-	r, _ := ctx.Value(handlerRunKey{}).(*handlerRun)
-	return r
-}
-
-// nextID is the ID of the next outgoing message: derived from the incoming
-// message's (source, ID) and the position in the run inside a handler, random
-// outside one. Derived IDs are UUIDs (version 8, from SHA-256).
-func (r *handlerRun) nextID() string {
-	var b [16]byte
-	if r == nil {
-		_, _ = rand.Read(b[:])
-		b[6] = b[6]&0x0f | 0x40
-	} else {
-		pos := r.enqueued.Add(1) - 1
-		h := sha256.New()
-		h.Write([]byte("inbox-outbox\x00" + r.msg.Source + "\x00" + r.msg.ID + "\x00"))
-		_ = binary.Write(h, binary.BigEndian, pos)
-		copy(b[:], h.Sum(nil))
-		b[6] = b[6]&0x0f | 0x80
-	}
-	b[8] = b[8]&0x3f | 0x80
-	s := hex.EncodeToString(b[:])
-	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
-}
+func OutboxNotifyChannel(schema string) string { return channelName("outbox_", schema) }

@@ -8,6 +8,21 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// OutboxState is where an outgoing message stands.
+type OutboxState string
+
+// The states of an outgoing message.
+const (
+	// OutboxPending messages wait for a relay: due, in flight, or waiting
+	// for a retry or for an earlier message of their stream.
+	OutboxPending OutboxState = "pending"
+	// OutboxSent messages were confirmed by the broker; they are kept,
+	// without their body, for OutboxConfig.Retention.
+	OutboxSent OutboxState = "sent"
+	// OutboxDead messages were given up on, and wait for an operator.
+	OutboxDead OutboxState = "dead"
+)
+
 // OutboxStats is a snapshot of an outbox. Counts stop at StatsCountLimit.
 type OutboxStats struct {
 	// TakenAt is the database's clock when the snapshot was taken.
@@ -26,13 +41,8 @@ type OutboxStats struct {
 
 // Stats reads the outbox's figures in one statement, from index ranges.
 func (o *Outbox) Stats(ctx context.Context) (OutboxStats, error) {
-	t := o.table("outbox_messages")
 	var s OutboxStats
-	err := o.pool.QueryRow(ctx, `SELECT now(),
-		(SELECT count(*) FROM (SELECT 1 FROM `+t+` WHERE state = 'pending' LIMIT $1) p),
-		coalesce((SELECT now() - created_at FROM `+t+` WHERE state = 'pending' ORDER BY id LIMIT 1), '0'),
-		(SELECT count(*) FROM (SELECT 1 FROM `+t+` WHERE state = 'sent' AND sent_at > now() - interval '1 minute' LIMIT $1) s),
-		(SELECT count(*) FROM (SELECT 1 FROM `+t+` WHERE state = 'dead' LIMIT $1) d)`, StatsCountLimit).
+	err := o.pool.QueryRow(ctx, o.sql.stats, StatsCountLimit).
 		Scan(&s.TakenAt, &s.Pending, &s.OldestPending, &s.SentLastMinute, &s.Dead)
 	if err != nil {
 		return OutboxStats{}, fmt.Errorf("inbox: outbox stats: %w", err)
@@ -52,7 +62,7 @@ type OutboxInfo struct {
 	Type        string
 	Stream      string
 	Seq         int64
-	State       string // "pending", "sent" or "dead"
+	State       OutboxState
 	Attempts    int
 	LastError   string
 	Headers     map[string]string
@@ -64,7 +74,7 @@ type OutboxInfo struct {
 
 // OutboxFilter selects outgoing messages. Zero fields match everything.
 type OutboxFilter struct {
-	State string // "pending", "sent" or "dead"
+	State OutboxState
 	// AfterRowID matches only rows with a larger row ID, for paging.
 	AfterRowID int64
 	// RowIDs, when not nil, matches only these rows.
@@ -72,18 +82,13 @@ type OutboxFilter struct {
 	Limit  int // defaults to 100
 }
 
-// ListOutbox returns the outgoing messages matching f, oldest first.
-func (o *Outbox) ListOutbox(ctx context.Context, f OutboxFilter) ([]OutboxInfo, error) {
+// ListMessages returns the outgoing messages matching f, oldest first.
+func (o *Outbox) ListMessages(ctx context.Context, f OutboxFilter) ([]OutboxInfo, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := o.pool.Query(ctx, `SELECT id, message_id, destination, exchange, routing_key, type,
-		coalesce(stream, ''), coalesce(seq, 0), state, attempts, coalesce(last_error, ''), headers,
-		coalesce(length(body), 0), created_at, run_at, sent_at
-		FROM `+o.table("outbox_messages")+`
-		WHERE ($1 = '' OR state = $1) AND id > $2 AND ($3::bigint[] IS NULL OR id = ANY($3))
-		ORDER BY id LIMIT $4`, f.State, f.AfterRowID, f.RowIDs, limit)
+	rows, err := o.pool.Query(ctx, o.sql.list, f.State, f.AfterRowID, f.RowIDs, limit)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: list outbox: %w", err)
 	}
@@ -99,23 +104,22 @@ func (o *Outbox) ListOutbox(ctx context.Context, f OutboxFilter) ([]OutboxInfo, 
 	return out, nil
 }
 
-// RetryOutbox puts the dead outgoing messages matching f (State is ignored)
-// back to pending with a fresh attempt count, and returns how many. Their
-// streams go on from them.
-func (o *Outbox) RetryOutbox(ctx context.Context, f OutboxFilter) (int, error) {
-	n, err := o.onDead(ctx, f, `UPDATE `+o.table("outbox_messages")+`
-		SET state = 'pending', attempts = 0, run_at = now() WHERE id = ANY($1)`)
+// RetryDeadMessages puts the dead outgoing messages matching f (State is
+// ignored) back to pending with a fresh attempt count, and returns how
+// many. Their streams go on from them.
+func (o *Outbox) RetryDeadMessages(ctx context.Context, f OutboxFilter) (int, error) {
+	n, err := o.onDead(ctx, f, o.sql.retryDead)
 	if err == nil && n > 0 {
 		o.wake.signal()
 	}
 	return n, err
 }
 
-// DeleteOutbox deletes the dead outgoing messages matching f (State is
-// ignored) and returns how many. A stream held back by one goes on without
-// it: a downstream inbox sees a gap there.
-func (o *Outbox) DeleteOutbox(ctx context.Context, f OutboxFilter) (int, error) {
-	n, err := o.onDead(ctx, f, `DELETE FROM `+o.table("outbox_messages")+` WHERE id = ANY($1)`)
+// DeleteDeadMessages deletes the dead outgoing messages matching f (State
+// is ignored) and returns how many. A stream held back by one goes on
+// without it: a downstream inbox sees a gap there.
+func (o *Outbox) DeleteDeadMessages(ctx context.Context, f OutboxFilter) (int, error) {
+	n, err := o.onDead(ctx, f, o.sql.deleteDead)
 	if err == nil && n > 0 {
 		o.wake.signal()
 	}
@@ -125,14 +129,11 @@ func (o *Outbox) DeleteOutbox(ctx context.Context, f OutboxFilter) (int, error) 
 func (o *Outbox) onDead(ctx context.Context, f OutboxFilter, change string) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
-		sql := `SELECT id FROM ` + o.table("outbox_messages") + `
-			WHERE state = 'dead' AND id > $1 AND ($2::bigint[] IS NULL OR id = ANY($2)) ORDER BY id`
-		args := []any{f.AfterRowID, f.RowIDs}
+		var limit any // NULL: no limit
 		if f.Limit > 0 {
-			sql += ` LIMIT $3`
-			args = append(args, f.Limit)
+			limit = f.Limit
 		}
-		rows, err := tx.Query(ctx, sql+` FOR UPDATE`, args...)
+		rows, err := tx.Query(ctx, o.sql.lockDead, f.AfterRowID, f.RowIDs, limit)
 		if err != nil {
 			return fmt.Errorf("select dead outgoing messages: %w", err)
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -104,9 +103,9 @@ func (c *OutboxClaim) Settle(ctx context.Context, sent []int64, failed []OutboxF
 	}
 	dead := 0
 	for _, f := range failed {
-		state, delay := "pending", o.cfg.retryDelay(attempt[f.RowID])
+		state, delay := OutboxPending, o.cfg.retryDelay(attempt[f.RowID])
 		if f.Dead || attempt[f.RowID] >= o.cfg.MaxAttempts {
-			state, delay = "dead", 0
+			state, delay = OutboxDead, 0
 			dead++
 		}
 		b.Queue(o.sql.markFailed, f.RowID, errorText(f.Err), state, delay.Seconds())
@@ -147,58 +146,12 @@ func (o *Outbox) Wakeup() <-chan struct{} { return o.wake.c }
 // and reconnects with backoff; notifications sent while it is down are lost,
 // which polling covers.
 func (o *Outbox) Listen(ctx context.Context) {
-	retry := backoff.NewExponentialBackOff()
-	retry.InitialInterval = 100 * time.Millisecond
-	retry.MaxInterval = 10 * time.Second
-	retry.MaxElapsedTime = 0
-	for ctx.Err() == nil {
-		started := time.Now()
-		err := o.listenOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > time.Minute {
-			retry.Reset()
-		}
-		delay := retry.NextBackOff()
-		o.log.warn("outbox listener disconnected; polling until it reconnects", "error", err, "retry_in", delay)
-		o.wake.signal() // messages may have come while nobody listened
-		timer := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-timer.C:
-		}
-	}
-}
-
-func (o *Outbox) listenOnce(ctx context.Context) error {
-	connectCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := pgx.ConnectConfig(connectCtx, o.pool.Config().ConnConfig.Copy())
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = conn.Close(closeCtx)
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{OutboxNotifyChannel(o.cfg.Schema)}.Sanitize()); err != nil {
-		return err
-	}
-	// Anything committed before LISTEN took effect is found by this claim.
-	o.wake.signal()
-	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			if errors.Is(err, context.Canceled) {
-				return nil
-			}
-			return err
-		}
-		o.wake.signal()
-	}
+	listener{
+		name: "outbox listener", pool: o.pool, listen: o.sql.listen, wake: o.wake, log: o.log,
+		// Anything committed before LISTEN took effect is found by the
+		// claim this wakes.
+		listening: func(uint32) { o.wake.signal() },
+	}.run(ctx)
 }
 
 // CleanupSent deletes sent messages older than OutboxConfig.Retention, in
@@ -218,20 +171,15 @@ func (o *Outbox) CleanupSent(ctx context.Context) (int64, error) {
 	}
 }
 
-// CheckSchema reports whether the outbox tables exist.
+// CheckSchema returns an error wrapping ErrNotMigrated if the schema has no
+// outbox tables.
 func (o *Outbox) CheckSchema(ctx context.Context) error {
-	var ok bool
-	err := o.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
-		o.table("outbox_messages"), o.table("outbox_streams")).Scan(&ok)
+	ok, err := exist(ctx, o.pool, o.cfg.Schema, "outbox_messages", "outbox_streams")
 	if err != nil {
 		return fmt.Errorf("inbox: check schema %s: %w", o.cfg.Schema, err)
 	}
 	if !ok {
-		return fmt.Errorf("inbox: schema %s has no outbox tables: run migrations.Up first", o.cfg.Schema)
+		return fmt.Errorf("%w: schema %s has no outbox tables: run migrations.Up first", ErrNotMigrated, o.cfg.Schema)
 	}
 	return nil
-}
-
-func (o *Outbox) table(name string) string {
-	return pgx.Identifier{o.cfg.Schema, name}.Sanitize()
 }

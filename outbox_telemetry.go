@@ -2,31 +2,10 @@ package inbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-)
-
-// Names of the outbox's metric instruments, all with attribute AttrSchema.
-const (
-	// MetricOutboxEnqueued counts messages enqueued (when Enqueue returns,
-	// before the caller commits).
-	MetricOutboxEnqueued = "inbox.outbox.enqueued"
-	// MetricOutboxSent counts messages the broker confirmed; its rate is the
-	// outbox's throughput.
-	MetricOutboxSent = "inbox.outbox.sent"
-	// MetricOutboxRetried counts refused publishes that will be retried.
-	MetricOutboxRetried = "inbox.outbox.retried"
-	// MetricOutboxFailed counts messages that went dead.
-	MetricOutboxFailed = "inbox.outbox.failed"
-	// MetricOutboxPending, MetricOutboxOldestPendingAge (seconds) and
-	// MetricOutboxDead are observable gauges of OutboxStats' figures,
-	// reported while a relay runs (see Outbox.ObserveStats).
-	MetricOutboxPending          = "inbox.outbox.pending"
-	MetricOutboxOldestPendingAge = "inbox.outbox.oldest_pending.age"
-	MetricOutboxDead             = "inbox.outbox.dead"
 )
 
 type outboxTelemetry struct {
@@ -46,27 +25,15 @@ func newOutboxTelemetry(cfg OutboxConfig, log logger) *outboxTelemetry {
 		meter:  cfg.MeterProvider.Meter(InstrumentationName),
 		attrs:  attribute.NewSet(attribute.String(AttrSchema, cfg.Schema)),
 	}
-	var errs []error
-	counter := func(name, desc string) metric.Int64Counter {
-		c, err := t.meter.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit("{message}"))
-		errs = append(errs, err)
-		return c
-	}
-	t.enqueuedC = counter(MetricOutboxEnqueued, "Outgoing messages enqueued.")
-	t.sent = counter(MetricOutboxSent, "Outgoing messages confirmed by the broker.")
-	t.retried = counter(MetricOutboxRetried, "Refused publishes that will be retried.")
-	t.dead = counter(MetricOutboxFailed, "Outgoing messages given up on (dead).")
-	var err error
-	t.pendingG, err = t.meter.Int64ObservableGauge(MetricOutboxPending,
-		metric.WithDescription("Outgoing messages not yet sent."), metric.WithUnit("{message}"))
-	errs = append(errs, err)
-	t.oldestG, err = t.meter.Float64ObservableGauge(MetricOutboxOldestPendingAge,
-		metric.WithDescription("Age of the oldest outgoing message not yet sent."), metric.WithUnit("s"))
-	errs = append(errs, err)
-	t.deadG, err = t.meter.Int64ObservableGauge(MetricOutboxDead,
-		metric.WithDescription("Dead outgoing messages kept for an operator."), metric.WithUnit("{message}"))
-	errs = append(errs, err)
-	if err := errors.Join(errs...); err != nil {
+	ins := &instruments{meter: t.meter}
+	t.enqueuedC = ins.counter(MetricOutboxEnqueued, "Outgoing messages enqueued.")
+	t.sent = ins.counter(MetricOutboxSent, "Outgoing messages confirmed by the broker.")
+	t.retried = ins.counter(MetricOutboxRetried, "Refused publishes that will be retried.")
+	t.dead = ins.counter(MetricOutboxFailed, "Outgoing messages given up on (dead).")
+	t.pendingG = ins.intGauge(MetricOutboxPending, "Outgoing messages not yet sent.", "{message}")
+	t.oldestG = ins.secondsGauge(MetricOutboxOldestPendingAge, "Age of the oldest outgoing message not yet sent.")
+	t.deadG = ins.intGauge(MetricOutboxDead, "Dead outgoing messages kept for an operator.", "{message}")
+	if err := ins.err(); err != nil {
 		log.warn("outbox: some metric instruments could not be created; they report nothing", "error", err)
 	}
 	return t

@@ -289,11 +289,11 @@ func TestOutboxClaimOrderAndOperations(t *testing.T) {
 	if err != nil || st.Pending != 2 || st.Dead != 1 || st.SentLastMinute != 1 || st.OldestPending <= 0 {
 		t.Fatalf("stats %+v, %v; want 2 pending, 1 dead, 1 sent", st, err)
 	}
-	dead, err := ob.ListOutbox(b.ctx, inbox.OutboxFilter{State: "dead"})
+	dead, err := ob.ListMessages(b.ctx, inbox.OutboxFilter{State: "dead"})
 	if err != nil || len(dead) != 1 || dead[0].ID != "s1" || !strings.Contains(dead[0].LastError, "NO_ROUTE") {
 		t.Fatalf("dead list %+v, %v", dead, err)
 	}
-	if n, err := ob.RetryOutbox(b.ctx, inbox.OutboxFilter{RowIDs: []int64{dead[0].RowID}}); err != nil || n != 1 {
+	if n, err := ob.RetryDeadMessages(b.ctx, inbox.OutboxFilter{RowIDs: []int64{dead[0].RowID}}); err != nil || n != 1 {
 		t.Fatalf("retry: %d, %v", n, err)
 	}
 	// A refused publish is retried, then dead after MaxAttempts; deleting
@@ -314,7 +314,7 @@ func TestOutboxClaimOrderAndOperations(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, err := ob.DeleteOutbox(b.ctx, inbox.OutboxFilter{}); err != nil || n != 1 {
+	if n, err := ob.DeleteDeadMessages(b.ctx, inbox.OutboxFilter{}); err != nil || n != 1 {
 		t.Fatalf("delete: %d, %v (want s1, dead after 2 attempts)", n, err)
 	}
 	c, ids = claimIDs()

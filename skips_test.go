@@ -101,7 +101,7 @@ func (b *bundle) skipGap(in *inbox.Inbox) {
 // the late-arrival reason, and counted as dead.
 func (b *bundle) checkLate(in *inbox.Inbox) {
 	b.t.Helper()
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestLateArrivalAfterSkipStreamIsDead(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitState("done", 1, 10*time.Second)
-	if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+	if _, err := in.SkipStream(b.ctx, "", "a"); err != nil {
 		t.Fatal(err)
 	}
 	b.waitState("done", 2, 10*time.Second)
@@ -291,7 +291,7 @@ func (b *bundle) skipPoisoned() (*inbox.Inbox, *counter) {
 	}
 	b.start(in)
 	b.waitState("dead", 1, 10*time.Second)
-	if err := in.SkipStream(b.ctx, "", "a"); err != nil {
+	if _, err := in.SkipStream(b.ctx, "", "a"); err != nil {
 		b.t.Fatal(err)
 	}
 	b.waitState("done", 3, 10*time.Second)
@@ -303,19 +303,19 @@ func TestRetryBelowWatermarkIsRefused(t *testing.T) {
 	in, calls := b.skipPoisoned()
 	// Another dead message, retryable, in the same bulk retry.
 	b.exec(`UPDATE ` + b.q + `.inbox_messages SET state = 'dead' WHERE message_id = 'u'`)
-	n, err := in.RetryDead(b.ctx, inbox.MessageFilter{})
+	n, err := in.RetryDeadMessages(b.ctx, inbox.MessageFilter{})
 	var below *inbox.BelowWatermarkError
 	if n != 1 || !errors.Is(err, inbox.ErrBelowWatermark) || !errors.As(err, &below) ||
 		len(below.Messages) != 1 || below.Messages[0].Seq != 2 || below.Messages[0].Watermark != 4 {
-		t.Fatalf("RetryDead = %d, %v; want 1 requeued and seq 2 refused below watermark 4", n, err)
+		t.Fatalf("RetryDeadMessages = %d, %v; want 1 requeued and seq 2 refused below watermark 4", n, err)
 	}
 	b.waitFor("u to run again", 10*time.Second, func() bool { return calls.get("u") >= 2 })
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil || len(dead) != 1 || dead[0].ID != "a-2" {
 		t.Fatalf("dead after the refused retry = %+v, %v; want a-2 left dead", dead, err)
 	}
-	if err := in.RetryMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrBelowWatermark) {
-		t.Fatalf("RetryMessage below the watermark = %v", err)
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrBelowWatermark) {
+		t.Fatalf("RetryDeadMessage below the watermark = %v", err)
 	}
 	if c := calls.get("a-2"); c != 1 {
 		t.Fatalf("a-2 ran %d times; a refused retry must not run it", c)
@@ -325,11 +325,11 @@ func TestRetryBelowWatermarkIsRefused(t *testing.T) {
 func TestRetryOutOfOrderRunsBelowWatermark(t *testing.T) {
 	b := setup(t)
 	in, calls := b.skipPoisoned()
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil || len(dead) != 1 {
 		t.Fatalf("dead = %+v, %v", dead, err)
 	}
-	if err := in.RetryMessage(b.ctx, dead[0].RowID, inbox.OutOfOrder()); err != nil {
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID, inbox.OutOfOrder()); err != nil {
 		t.Fatal(err)
 	}
 	b.waitState("done", 4, 10*time.Second)
@@ -348,7 +348,7 @@ func TestRetryOutOfOrderRunsBelowWatermark(t *testing.T) {
 		t.Fatalf("watermark %d after the out-of-order run, want 4 (unmoved)", next)
 	}
 	m, err := in.GetMessage(b.ctx, dead[0].RowID)
-	if err != nil || m.State != "done" || !m.OutOfOrder {
+	if err != nil || m.State != inbox.StateDone || !m.OutOfOrder {
 		t.Fatalf("a-2 after its out-of-order run = %+v, %v; want done and marked out of order", m, err)
 	}
 }

@@ -39,7 +39,7 @@ func TestStatsQueriesUseIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sql := in.statsSQL()
+	sql := in.e.sql.stats
 	for _, c := range []struct {
 		name    string
 		sql     string

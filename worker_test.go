@@ -98,7 +98,7 @@ func TestPermanentErrorGoesDeadAtOnce(t *testing.T) {
 	if calls.Load() != 1 {
 		t.Fatalf("handler calls = %d, want 1", calls.Load())
 	}
-	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	dead, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestPanicIsAFailedAttemptWithStack(t *testing.T) {
 	}
 	b.start(in)
 	b.waitState("dead", 1, 30*time.Second)
-	m, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
+	m, err := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,14 +154,14 @@ func TestMaxAttemptsDeadRequeuedDone(t *testing.T) {
 		t.Fatalf("handler calls = %d, want 3 attempts × 2 messages", calls.Load())
 	}
 	healthy.Store(true)
-	dead, _ := in.ListMessages(b.ctx, inbox.MessageFilter{State: "dead"})
-	if err := in.RetryMessage(b.ctx, dead[0].RowID); err != nil {
+	dead, _ := in.ListMessages(b.ctx, inbox.MessageFilter{State: inbox.StateDead})
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := in.RetryDead(b.ctx, inbox.MessageFilter{ErrorContains: "DOWNSTREAM"}); err != nil || n != 1 {
-		t.Fatalf("RetryDead = %d, %v; want 1", n, err)
+	if n, err := in.RetryDeadMessages(b.ctx, inbox.MessageFilter{ErrorContains: "DOWNSTREAM"}); err != nil || n != 1 {
+		t.Fatalf("RetryDeadMessages = %d, %v; want 1", n, err)
 	}
-	if err := in.RetryMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrNotFound) {
+	if err := in.RetryDeadMessage(b.ctx, dead[0].RowID); !errors.Is(err, inbox.ErrNotFound) {
 		t.Fatalf("retrying a message that is not dead: %v, want ErrNotFound", err)
 	}
 	b.waitState("done", 2, 30*time.Second)

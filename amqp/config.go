@@ -13,9 +13,10 @@ import (
 
 // Defaults of Config fields left zero.
 const (
-	DefaultPrefetch          = 300
+	DefaultPrefetch          = 500
 	DefaultBatchSize         = 100
 	DefaultBatchLinger       = time.Millisecond
+	DefaultBatchesInFlight   = 4
 	DefaultStreamHeader      = "x-stream-key"
 	DefaultSequenceHeader    = "x-sequence"
 	DefaultMaxHeaderBytes    = 64 << 10
@@ -80,8 +81,9 @@ type Config struct {
 	Exclusive bool
 
 	// Prefetch is how many deliveries the broker sends before it waits for
-	// acks (basic.qos prefetch count, 1 to 65535). Defaults to
-	// DefaultPrefetch.
+	// acks (basic.qos prefetch count, 1 to 65535). Keep room for
+	// BatchesInFlight batches and one being gathered: the default is enough
+	// for the default batches. Defaults to DefaultPrefetch.
 	Prefetch int
 	// BatchSize is how many deliveries are stored in one statement and acked
 	// together. At most Prefetch. Defaults to DefaultBatchSize.
@@ -89,6 +91,14 @@ type Config struct {
 	// BatchLinger is how long a batch that is not full waits for more
 	// deliveries before it is stored. Defaults to DefaultBatchLinger.
 	BatchLinger time.Duration
+	// BatchesInFlight is how many batches may be out at once: being stored,
+	// each on a goroutine of its own and a connection of the Store's pool,
+	// or stored and waiting for an earlier batch, since acks go out in
+	// delivery order. A batch is gathered while others commit, so the
+	// receiver keeps pace with the broker; give the Store's pool this many
+	// connections for the receiver. 1 stores one batch at a time. Defaults
+	// to DefaultBatchesInFlight.
+	BatchesInFlight int
 
 	// Source is the dedup namespace of the stored messages. Defaults to
 	// Queue.
@@ -134,9 +144,9 @@ type Config struct {
 	// the wait for the broker's confirm of a dead-letter copy. Defaults to
 	// DefaultOpenTimeout.
 	OpenTimeout time.Duration
-	// ShutdownTimeout bounds storing and acking the batch in hand once Run's
-	// context is cancelled, and closing the connection. Defaults to
-	// DefaultShutdownTimeout.
+	// ShutdownTimeout bounds storing and acking the batches in flight and
+	// the batch in hand once Run's context is cancelled, and closing the
+	// connection. Defaults to DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 
 	// Topology, when set, is declared on every session before consuming, so a
@@ -160,7 +170,7 @@ type Config struct {
 	// Logger receives the Receiver's logs. Defaults to slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives the received and malformed counters (see
-	// inbox.NewReceiverMetrics). Defaults to the global provider.
+	// Metrics). Defaults to the global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -169,6 +179,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.Prefetch, DefaultPrefetch)
 	setDefault(&c.BatchSize, DefaultBatchSize)
 	setDefault(&c.BatchLinger, DefaultBatchLinger)
+	setDefault(&c.BatchesInFlight, DefaultBatchesInFlight)
 	setDefault(&c.Source, c.Queue)
 	setDefault(&c.StreamHeader, DefaultStreamHeader)
 	setDefault(&c.SequenceHeader, DefaultSequenceHeader)
@@ -219,6 +230,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("amqp: Config.Prefetch %d is outside 1..%d", c.Prefetch, math.MaxUint16)
 	case c.BatchSize < 1 || c.BatchSize > c.Prefetch:
 		return fmt.Errorf("amqp: Config.BatchSize %d must be between 1 and Config.Prefetch (%d): a batch larger than the prefetch could never fill", c.BatchSize, c.Prefetch)
+	case c.BatchesInFlight < 1:
+		return fmt.Errorf("amqp: Config.BatchesInFlight %d must be positive", c.BatchesInFlight)
 	case c.TopicFrom < TopicFromTypeOrRoutingKey || c.TopicFrom > TopicFromRoutingKey:
 		return fmt.Errorf("amqp: Config.TopicFrom %d is not a TopicFrom", c.TopicFrom)
 	case c.StreamHeader == c.SequenceHeader:

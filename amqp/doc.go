@@ -37,12 +37,22 @@
 // watermark. Redeliveries after a lost ack, publisher retries and duplicate
 // publishes are all acked without a second row.
 //
-// A delivery tag is acked only on the channel that delivered it. The batch
-// being gathered belongs to one broker session (connection and channel) and
-// is dropped with it, so a tag is never acked on a later channel, where tag
-// numbers start again at 1 and mean other deliveries. One goroutine (the one
-// running [Receiver.Run]) makes every call on the channel, which is what
-// makes acking a batch with one multiple ack safe.
+// Batches are stored concurrently, up to [Config.BatchesInFlight] at once,
+// each Store call on a goroutine of its own, so the next batch is gathered
+// while earlier ones commit. Acks go out strictly in delivery-tag order: a
+// batch is acked only once it and every batch before it have committed, so
+// a batch whose store fails holds back the acks of every later batch until
+// its retry succeeds, and never lets them cover its own deliveries. One
+// goroutine (the one running [Receiver.Run]) makes every call on the
+// channel, which is what makes acking with one multiple ack safe; a
+// rejected delivery is settled on its own before any ack covers its tag.
+//
+// A delivery tag is acked only on the channel that delivered it. Every batch
+// in flight belongs to one broker session (connection and channel) and is
+// dropped with it, unacked, so a tag is never acked on a later channel, where
+// tag numbers start again at 1 and mean other deliveries. A batch that was
+// committed but not yet acked when its session ended comes back as
+// duplicates.
 //
 // # Mapping deliveries to messages
 //
@@ -109,9 +119,11 @@
 // when the broker cancels the consumer (queue deleted, quorum leader moved),
 // when a delivery cannot be decoded (see above) or when the deliveries
 // channel ends, the session ends. After a consumer
-// cancel the batch in hand is still stored and acked on the open channel;
-// when the channel itself is gone the batch is dropped unacked and the broker
-// redelivers it. A new session starts
+// cancel the batches in flight and the batch in hand are still stored and
+// acked on the open channel; when the channel itself is gone they are
+// dropped unacked and the broker redelivers them (a store attempt under way
+// is left to finish first, within [Config.StoreTimeout], so that its commit
+// is not made one of unknown outcome). A new session starts
 // after an exponential backoff from [Config.ReconnectInitial] up to
 // [Config.ReconnectMax], reset after a session that acked something. Each
 // step of opening a session is bounded by [Config.OpenTimeout]. A missing
@@ -121,15 +133,20 @@
 //
 // # Stopping
 //
-// Cancel the context given to [Receiver.Run]. The receiver stores and acks the
-// batch in hand (within [Config.ShutdownTimeout]; a store attempt already
-// running may take up to [Config.StoreTimeout]), leaves every later delivery
-// unacked, closes the connection so the broker requeues them, and returns.
+// Cancel the context given to [Receiver.Run]. The receiver stores the batches
+// in flight and the batch in hand and acks them in order, within
+// [Config.ShutdownTimeout]: store attempts still running then are cancelled
+// and their deliveries, with every later one, stay unacked. It closes the
+// connection so the broker requeues what is unacked, and returns.
 //
 // # Operations
 //
-//   - Prefetch bounds the deliveries in flight; keep it at least a few
-//     batches so the broker fills the next batch while one is stored.
+//   - Prefetch bounds the deliveries in flight; keep it at least
+//     BatchesInFlight plus one batches, so the broker fills the next batch
+//     while the others are stored.
+//   - Each batch in flight holds a connection of the Store's pool while it
+//     is stored: give the pool [Config.BatchesInFlight] connections for the
+//     receiver, on top of the workers', or a pool of its own.
 //   - RabbitMQ closes a channel whose delivery stays unacked past its
 //     consumer_timeout (30 minutes by default). The receiver holds
 //     deliveries only while it stores them, but a database outage longer

@@ -278,6 +278,7 @@ func TestConfigValidate(t *testing.T) {
 		{"Config.TopicFrom", func(c *Config) { c.TopicFrom = 9 }},
 		{"Config.StreamHeader", func(c *Config) { c.StreamHeader, c.SequenceHeader = "h", "h" }},
 		{"Config.BatchLinger", func(c *Config) { c.BatchLinger = -time.Second }},
+		{"Config.BatchesInFlight", func(c *Config) { c.BatchesInFlight = -1 }},
 		{"Config.ReconnectMax", func(c *Config) { c.ReconnectInitial, c.ReconnectMax = time.Second, time.Millisecond }},
 		{"Config.AMQP.Recovery", func(c *Config) { c.AMQP.Recovery = &amqp091.Recovery{} }},
 		{"Config.Topology.Queue", func(c *Config) { c.Topology = &Topology{Queue: "other"} }},
@@ -301,7 +302,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := r.Config()
-	if got.Prefetch != DefaultPrefetch || got.BatchSize != DefaultBatchSize || got.Source != "orders" ||
+	if got.Prefetch != DefaultPrefetch || got.BatchSize != DefaultBatchSize || got.BatchesInFlight != DefaultBatchesInFlight || got.Source != "orders" ||
 		got.StreamHeader != DefaultStreamHeader || got.Topology.Queue != "orders" ||
 		got.AMQP.Properties["connection_name"] != "inbox receiver orders" ||
 		got.DeadLetterExchange != "orders.dlx" || got.DeadLetterRoutingKey != "orders.dead" {

@@ -3,6 +3,7 @@ package amqp_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -536,4 +537,123 @@ func TestQueueDeletedUnderTheConsumer(t *testing.T) {
 		e.publish(orders("after", 5)...)
 		e.assertOnceEach(10)
 	})
+}
+
+// heldCall is a Store call of heldBatches, held until the test says how it
+// ends: nil stores the batch, an error fails it without storing.
+type heldCall struct {
+	first   string // the first message ID
+	outcome chan error
+}
+
+// heldBatches holds each Store call for the test to complete, in any order,
+// until it is opened.
+type heldBatches struct {
+	*inbox.Inbox
+	calls  chan heldCall
+	mu     sync.Mutex
+	opened bool
+}
+
+func (h *heldBatches) Store(ctx context.Context, msgs ...inbox.Message) (inbox.StoreResult, error) {
+	h.mu.Lock()
+	opened := h.opened
+	h.mu.Unlock()
+	if !opened {
+		c := heldCall{first: msgs[0].ID, outcome: make(chan error, 1)}
+		h.calls <- c
+		if err := <-c.outcome; err != nil {
+			return inbox.StoreResult{}, err
+		}
+	}
+	return h.Inbox.Store(ctx, msgs...)
+}
+
+func (h *heldBatches) open() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.opened = true
+}
+
+// failHeld fails the Store calls held now; releaseHeld lets them store.
+func (h *heldBatches) failHeld() { h.settleHeld(errors.New("injected failure")) }
+
+func (h *heldBatches) releaseHeld() { h.settleHeld(nil) }
+
+func (h *heldBatches) settleHeld(outcome error) {
+	for {
+		select {
+		case c := <-h.calls:
+			c.outcome <- outcome
+		default:
+			return
+		}
+	}
+}
+
+// next waits for the next held Store call.
+func (h *heldBatches) next(t *testing.T) heldCall {
+	t.Helper()
+	select {
+	case c := <-h.calls:
+		return c
+	case <-time.After(20 * time.Second):
+		t.Fatal("no store call in 20s")
+		return heldCall{}
+	}
+}
+
+// TestBatchesStoredAtOnceAckedInOrder stores four batches at once and
+// completes them out of order: the first fails while the three after it
+// commit. Nothing may be acked past the failed batch: when the connection
+// then closes, the broker redelivers all forty deliveries, and the thirty
+// already stored come back as duplicates.
+func TestBatchesStoredAtOnceAckedInOrder(t *testing.T) {
+	e := setup(t)
+	const n = 40
+	store := &heldBatches{Inbox: e.newInbox(inbox.Config{}), calls: make(chan heldCall, 8)}
+	e.publish(orders("m", n)...)
+	cfg := e.receiverConfig()
+	cfg.Prefetch, cfg.BatchSize, cfg.BatchesInFlight = n, 10, 4
+	cfg.BatchLinger = time.Hour // batches of ten, as the deliveries arrive
+	r := e.run(store, cfg)
+
+	calls := map[string]heldCall{}
+	for range 4 {
+		c := store.next(t)
+		calls[c.first] = c
+	}
+	for _, first := range []string{"m-30", "m-20", "m-10"} {
+		calls[first].outcome <- nil
+	}
+	calls["m-0"].outcome <- errors.New("injected failure")
+	retry := store.next(t)
+	if retry.first != "m-0" {
+		t.Fatalf("store call for a batch from %s; want the failed one retried", retry.first)
+	}
+	e.waitFor("the three later batches stored", 10*time.Second, func() bool { return r.Stats().Stored == 30 })
+	if closed := closeConnections(t, cfg.ConnectionName); closed != 1 {
+		t.Fatalf("closed %d connections named %q, want 1", closed, cfg.ConnectionName)
+	}
+	// Until the next session starts, every store fails: the first session
+	// stores nothing more.
+	retry.outcome <- errors.New("injected failure")
+	e.waitFor("the next session", 10*time.Second, func() bool {
+		store.failHeld()
+		return r.Stats().Reconnects >= 1
+	})
+	store.open()
+	e.waitFor("every delivery acked", 20*time.Second, func() bool {
+		store.releaseHeld()
+		return r.Stats().Acked == n
+	})
+	e.assertOnceEach(n)
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	e.assertDrained()
+	// Redelivered: all forty, so none was acked in the first session.
+	if s := r.Stats(); s.Received != 2*n || s.Stored != n || s.Duplicates != 30 || s.Acked != n {
+		t.Fatalf("stats %+v: want %d received, %d stored, 30 duplicates, %d acked", s, 2*n, n, n)
+	}
 }

@@ -193,7 +193,7 @@ func TestRelayUnroutableIsDead(t *testing.T) {
 	}
 	r := e.relay(ob, e.queue+" relay", 10)
 	e.waitFor("one dead and one sent", 30*time.Second, func() bool { return e.outboxCount("dead") == 1 && e.outboxCount("sent") == 1 })
-	dead, err := ob.ListOutbox(e.ctx, inbox.OutboxFilter{State: "dead"})
+	dead, err := ob.ListMessages(e.ctx, inbox.OutboxFilter{State: "dead"})
 	if err != nil || len(dead) != 1 || dead[0].ID != "lost-1" || !strings.Contains(dead[0].LastError, "NO_ROUTE") {
 		t.Fatalf("dead %+v, %v; want lost-1 dead with NO_ROUTE", dead, err)
 	}
@@ -213,7 +213,7 @@ func TestRelayUnroutableIsDead(t *testing.T) {
 	if err := ch.QueueBind(e.queue, nowhere, "amq.direct", false, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := ob.RetryOutbox(e.ctx, inbox.OutboxFilter{}); err != nil || n != 1 {
+	if n, err := ob.RetryDeadMessages(e.ctx, inbox.OutboxFilter{}); err != nil || n != 1 {
 		t.Fatalf("retry: %d, %v", n, err)
 	}
 	e.waitFor("all three sent", 30*time.Second, func() bool { return e.outboxCount("sent") == 3 })
@@ -430,7 +430,7 @@ func TestRelayRefusedMessageIsDead(t *testing.T) {
 	e.waitFor("bad dead, the others sent", 60*time.Second, func() bool {
 		return e.outboxCount("dead") == 1 && e.outboxCount("sent") == 2
 	})
-	dead, err := ob.ListOutbox(e.ctx, inbox.OutboxFilter{State: "dead"})
+	dead, err := ob.ListMessages(e.ctx, inbox.OutboxFilter{State: "dead"})
 	if err != nil || len(dead) != 1 || dead[0].ID != "bad" || dead[0].Attempts != 2 || !strings.Contains(dead[0].LastError, "NOT_FOUND") {
 		t.Fatalf("dead %+v, %v; want bad, dead after 2 attempts with NOT_FOUND", dead, err)
 	}

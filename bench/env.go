@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -15,36 +13,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/inboxkit/inbox/migrations"
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
-// Default service URLs, the same as the library's tests use.
-const (
-	defaultPostgresURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	defaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
+// The services, and unique names, of the repository's development
+// environment (see internal/devenv).
+var (
+	postgresURL = devenv.PostgresURL
+	amqpURL     = devenv.AMQPURL
+	uniqueName  = devenv.UniqueName
 )
-
-func postgresURL() string {
-	if u := os.Getenv("INBOX_POSTGRES_URL"); u != "" {
-		return u
-	}
-	return defaultPostgresURL
-}
-
-func amqpURL() string {
-	if u := os.Getenv("INBOX_AMQP_URL"); u != "" {
-		return u
-	}
-	return defaultAMQPURL
-}
-
-// uniqueName returns prefix plus random hex: a valid schema or queue name
-// that no concurrent run (or test) shares.
-func uniqueName(prefix string) string {
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	return prefix + "_" + hex.EncodeToString(b)
-}
 
 // newPool opens a pool of maxConns connections. application_name carries
 // the case's name so a stray backend is easy to attribute in pg_stat_activity.
@@ -54,34 +32,25 @@ func newPool(ctx context.Context, appName string, maxConns int32) (*pgxpool.Pool
 
 // newTracedPool is newPool with tracer (nil for none) on every connection.
 func newTracedPool(ctx context.Context, appName string, maxConns int32, tracer pgx.QueryTracer) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(postgresURL())
-	if err != nil {
-		return nil, fmt.Errorf("parse INBOX_POSTGRES_URL: %w", err)
-	}
-	cfg.MaxConns = maxConns
-	cfg.ConnConfig.RuntimeParams["application_name"] = appName
-	if tracer != nil {
-		cfg.ConnConfig.Tracer = tracer
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("PostgreSQL at INBOX_POSTGRES_URL does not answer: %w", err)
-	}
-	return pool, nil
+	return devenv.OpenPool(ctx, postgresURL(), appName, maxConns, func(cfg *pgxpool.Config) {
+		if tracer != nil {
+			cfg.ConnConfig.Tracer = tracer
+		}
+	})
 }
 
 // inboxSchema creates and migrates a unique inbox schema. drop removes it;
 // it uses its own bounded context so it also works after ctx is done.
 func inboxSchema(ctx context.Context, pool *pgxpool.Pool, prefix string) (schema string, drop func(), err error) {
-	schema = uniqueName(prefix)
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		return "", nil, fmt.Errorf("migrate schema %s: %w", schema, err)
+	schema, dropNow, err := devenv.NewSchema(ctx, pool, uniqueName(prefix))
+	if err != nil {
+		return "", nil, err
 	}
-	return schema, func() { dropSchema(pool, schema) }, nil
+	return schema, func() {
+		if err := dropNow(); err != nil {
+			logf("warning: %v", err)
+		}
+	}, nil
 }
 
 func dropSchema(pool *pgxpool.Pool, schema string) {

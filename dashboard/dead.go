@@ -241,7 +241,7 @@ func (d *dashboard) deadOne(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	m, err := d.in.GetMessage(ctx, id)
-	if err == nil && m.State != "dead" {
+	if err == nil && m.State != inbox.StateDead {
 		err = inbox.ErrNotFound
 	}
 	if err != nil {
@@ -262,9 +262,9 @@ func (d *dashboard) deadOne(ctx context.Context, w http.ResponseWriter, r *http.
 	f := inbox.MessageFilter{RowIDs: []int64{id}}
 	var n int
 	if action == "retry" {
-		n, err = d.in.RetryDead(ctx, f)
+		n, err = d.in.RetryDeadMessages(ctx, f)
 	} else {
-		n, err = d.in.DeleteDead(ctx, f)
+		n, err = d.in.DeleteDeadMessages(ctx, f)
 	}
 	if err != nil {
 		d.fail(w, r, err)

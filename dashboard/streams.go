@@ -110,9 +110,9 @@ func (d *dashboard) streamAction(w http.ResponseWriter, r *http.Request, confirm
 		return
 	}
 	if action == "retry" {
-		err = d.in.RetryStream(ctx, s.Source, s.Stream)
+		_, err = d.in.RetryStream(ctx, s.Source, s.Stream)
 	} else {
-		err = d.in.SkipStream(ctx, s.Source, s.Stream)
+		_, err = d.in.SkipStream(ctx, s.Source, s.Stream)
 	}
 	if errors.Is(err, inbox.ErrNotFound) {
 		d.fail(w, r, err)

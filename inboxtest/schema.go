@@ -2,17 +2,13 @@ package inboxtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/inboxkit/inbox"
-	"github.com/inboxkit/inbox/migrations"
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // Env is one test's database: a pool whose search_path starts with a fresh
@@ -39,22 +35,13 @@ func Setup(t testing.TB) *Env {
 	t.Helper()
 	url := Postgres(t)
 	schema := UniqueName("inboxtest")
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatalf("inboxtest: parse PostgreSQL URL: %v", err)
-	}
-	cfg.MaxConns = 10
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema + ",public"
-	cfg.ConnConfig.RuntimeParams["application_name"] = schema
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := devenv.OpenPool(ctx, url, schema, 10, func(cfg *pgxpool.Config) {
+		cfg.ConnConfig.RuntimeParams["search_path"] = schema + ",public"
+	})
 	if err != nil {
-		t.Fatalf("inboxtest: connect to PostgreSQL: %v", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		t.Fatalf("inboxtest: PostgreSQL does not answer: %v", err)
+		t.Fatalf("inboxtest: %v", err)
 	}
 	t.Cleanup(pool.Close)
 	createSchema(t, pool, schema)
@@ -75,23 +62,15 @@ func createSchema(t testing.TB, pool *pgxpool.Pool, schema string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := migrations.Up(ctx, pool, schema); err != nil {
-		t.Fatalf("inboxtest: migrate schema %s: %v", schema, err)
+	_, drop, err := devenv.NewSchema(ctx, pool, schema)
+	if err != nil {
+		t.Fatalf("inboxtest: %v", err)
 	}
-	connCfg := pool.Config().ConnConfig.Copy()
+	// drop uses a connection of its own: the test may have closed its pool
+	// already (a defer runs before the cleanups).
 	t.Cleanup(func() {
-		// A connection of its own: the test may have closed its pool
-		// already (a defer runs before the cleanups).
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.ConnectConfig(ctx, connCfg)
-		if err != nil {
-			t.Logf("inboxtest: drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Logf("inboxtest: drop schema %s: %v", schema, err)
+		if err := drop(); err != nil {
+			t.Logf("inboxtest: %v", err)
 		}
 	})
 }
@@ -153,8 +132,4 @@ func Start(t testing.TB, in *inbox.Inbox) {
 
 // UniqueName returns prefix, an underscore and 12 random hex digits: a
 // valid, lower-case SQL identifier (for a valid prefix) and queue name.
-func UniqueName(prefix string) string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return strings.ToLower(prefix) + "_" + hex.EncodeToString(b)
-}
+func UniqueName(prefix string) string { return devenv.UniqueName(prefix) }

@@ -11,13 +11,15 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcrabbitmq "github.com/testcontainers/testcontainers-go/modules/rabbitmq"
+
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // Environment variables naming the services. When set, no container is
 // started.
 const (
-	PostgresURLEnv = "INBOX_POSTGRES_URL"
-	AMQPURLEnv     = "INBOX_AMQP_URL"
+	PostgresURLEnv = devenv.PostgresURLEnv
+	AMQPURLEnv     = devenv.AMQPURLEnv
 )
 
 // Images of the containers started when the environment names no service.

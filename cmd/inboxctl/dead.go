@@ -38,7 +38,7 @@ func (f *filterFlags) filter(now time.Time) (inbox.MessageFilter, error) {
 	if f.limit < 0 {
 		return inbox.MessageFilter{}, usagef("--limit %d is negative", f.limit)
 	}
-	out := inbox.MessageFilter{State: "dead", Topic: f.topic, ErrorContains: f.errorText, AfterRowID: f.after, Limit: f.limit}
+	out := inbox.MessageFilter{State: inbox.StateDead, Topic: f.topic, ErrorContains: f.errorText, AfterRowID: f.after, Limit: f.limit}
 	var err error
 	if out.Since, err = parseTime(f.since, now); err != nil {
 		return out, usagef("--since: %v", err)
@@ -108,7 +108,7 @@ type messageJSON struct {
 	Topic       string            `json:"topic"`
 	Stream      string            `json:"stream,omitempty"`
 	Seq         int64             `json:"seq,omitempty"`
-	State       string            `json:"state"`
+	State       inbox.State       `json:"state"`
 	Attempts    int               `json:"attempts"`
 	LastError   string            `json:"last_error,omitempty"`
 	Headers     map[string]string `json:"headers"`
@@ -233,7 +233,7 @@ func (a *app) deadShow(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(w, "attempts:     %d\n", m.Attempts)
 	fmt.Fprintf(w, "received at:  %s\n", timestamp(m.ReceivedAt))
-	if m.State == "pending" {
+	if m.State == inbox.StatePending {
 		fmt.Fprintf(w, "next attempt: %s\n", timestamp(m.RunAt))
 	}
 	if m.ProcessedAt != nil {
@@ -262,7 +262,7 @@ func (a *app) deadShow(ctx context.Context, args []string) error {
 	for _, line := range strings.Split(m.LastError, "\n") {
 		fmt.Fprintf(w, "  %s\n", printable(line))
 	}
-	if m.State == "dead" {
+	if m.State == inbox.StateDead {
 		fmt.Fprintf(w, "\nreplay it with: inboxctl --schema %s dead retry %d\n", a.opts.schema, m.RowID)
 	}
 	return nil
@@ -305,9 +305,9 @@ func (a *app) deadChange(ctx context.Context, verb string, args []string) error 
 	var refused []inbox.BelowWatermark
 	op := func(ctx context.Context, f inbox.MessageFilter) (int, error) {
 		if verb == "delete" {
-			return a.inbox.DeleteDead(ctx, f)
+			return a.inbox.DeleteDeadMessages(ctx, f)
 		}
-		n, err := a.inbox.RetryDead(ctx, f, opts...)
+		n, err := a.inbox.RetryDeadMessages(ctx, f, opts...)
 		var below *inbox.BelowWatermarkError
 		if errors.As(err, &below) {
 			refused = append(refused, below.Messages...)

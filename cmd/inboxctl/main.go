@@ -49,12 +49,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/inboxkit/inbox"
+	"github.com/inboxkit/inbox/internal/devenv"
 	"github.com/inboxkit/inbox/internal/sqlident"
 )
 
 // defaultURL is the database of a development machine, as in the rest of
-// the project's documentation.
-const defaultURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+// the repository.
+const defaultURL = devenv.DefaultPostgresURL
 
 // Exit statuses.
 const (
@@ -321,16 +322,12 @@ func (a *app) connect(ctx context.Context, needTables bool) error {
 		return err
 	}
 	if needTables {
-		var ok bool
-		err := a.withTimeout(ctx, func(ctx context.Context) error {
-			return pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`,
-				sqlident.Quote(a.opts.schema)+".inbox_messages", sqlident.Quote(a.opts.schema)+".inbox_streams").Scan(&ok)
-		})
+		err := a.withTimeout(ctx, func(ctx context.Context) error { return inbox.CheckSchema(ctx, pool, a.opts.schema) })
+		if errors.Is(err, inbox.ErrNotMigrated) {
+			return fmt.Errorf("schema %q has no inbox tables: run 'inboxctl --schema %s migrate up' first", a.opts.schema, a.opts.schema)
+		}
 		if err != nil {
 			return fmt.Errorf("look up the inbox tables: %w", err)
-		}
-		if !ok {
-			return fmt.Errorf("schema %q has no inbox tables: run 'inboxctl --schema %s migrate up' first", a.opts.schema, a.opts.schema)
 		}
 	}
 	return nil

@@ -84,7 +84,7 @@ type outboxJSON struct {
 	Type       string            `json:"type,omitempty"`
 	Stream     string            `json:"stream,omitempty"`
 	Seq        int64             `json:"seq,omitempty"`
-	State      string            `json:"state"`
+	State      inbox.OutboxState `json:"state"`
 	Attempts   int               `json:"attempts"`
 	LastError  string            `json:"last_error,omitempty"`
 	Headers    map[string]string `json:"headers"`
@@ -105,11 +105,11 @@ func (a *app) outboxList(ctx context.Context, args []string) error {
 	if len(rest) > 0 {
 		return usagef("outbox list: unexpected argument %q", rest[0])
 	}
-	f := inbox.OutboxFilter{State: *state, AfterRowID: *after, Limit: *limit}
-	switch *state {
+	f := inbox.OutboxFilter{State: inbox.OutboxState(*state), AfterRowID: *after, Limit: *limit}
+	switch f.State {
 	case "all":
 		f.State = ""
-	case "dead", "pending", "sent":
+	case inbox.OutboxDead, inbox.OutboxPending, inbox.OutboxSent:
 	default:
 		return usagef("outbox list: --state %q is not dead, pending, sent or all", *state)
 	}
@@ -121,7 +121,7 @@ func (a *app) outboxList(ctx context.Context, args []string) error {
 		return err
 	}
 	var msgs []inbox.OutboxInfo
-	if err := a.withTimeout(ctx, func(ctx context.Context) error { msgs, err = ob.ListOutbox(ctx, f); return err }); err != nil {
+	if err := a.withTimeout(ctx, func(ctx context.Context) error { msgs, err = ob.ListMessages(ctx, f); return err }); err != nil {
 		return err
 	}
 	if a.opts.json {
@@ -148,7 +148,7 @@ func (a *app) outboxList(ctx context.Context, args []string) error {
 			stream = oneLine(m.Stream, 24) + "#" + strconv.FormatInt(m.Seq, 10)
 		}
 		route := oneLine(m.Exchange+" → "+m.RoutingKey, 40)
-		t.row(strconv.FormatInt(m.RowID, 10), m.State, oneLine(m.ID, 36), route, stream, strconv.Itoa(m.Attempts),
+		t.row(strconv.FormatInt(m.RowID, 10), string(m.State), oneLine(m.ID, 36), route, stream, strconv.Itoa(m.Attempts),
 			timestamp(m.CreatedAt), oneLine(orDash(m.LastError), 80))
 	}
 	if err := t.flush(); err != nil {
@@ -189,9 +189,9 @@ func (a *app) outboxChange(ctx context.Context, verb string, args []string) erro
 	var n int
 	err = a.withTimeout(ctx, func(ctx context.Context) error {
 		if verb == "delete" {
-			n, err = ob.DeleteOutbox(ctx, f)
+			n, err = ob.DeleteDeadMessages(ctx, f)
 		} else {
-			n, err = ob.RetryOutbox(ctx, f)
+			n, err = ob.RetryDeadMessages(ctx, f)
 		}
 		return err
 	})

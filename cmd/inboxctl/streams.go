@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/inboxkit/inbox"
 )
 
@@ -150,11 +148,15 @@ func (a *app) streamChange(ctx context.Context, verb string, args []string) erro
 	if err := a.connect(ctx, true); err != nil {
 		return err
 	}
+	var info inbox.StreamInfo
 	err = a.withTimeout(ctx, func(ctx context.Context) error {
+		var err error
 		if verb == "retry" {
-			return a.inbox.RetryStream(ctx, source, stream)
+			info, err = a.inbox.RetryStream(ctx, source, stream)
+		} else {
+			info, err = a.inbox.SkipStream(ctx, source, stream)
 		}
-		return a.inbox.SkipStream(ctx, source, stream)
+		return err
 	})
 	if errors.Is(err, inbox.ErrNotFound) {
 		return fmt.Errorf("stream %q of source %q not found in schema %s", stream, source, a.opts.schema)
@@ -162,18 +164,10 @@ func (a *app) streamChange(ctx context.Context, verb string, args []string) erro
 	if err != nil {
 		return err
 	}
-	var nextSeq int64
-	var lastSkip *string
-	err = a.withTimeout(ctx, func(ctx context.Context) error {
-		return a.pool.QueryRow(ctx, `SELECT next_seq, last_skip FROM `+pgx.Identifier{a.opts.schema, "inbox_streams"}.Sanitize()+`
-			WHERE source = $1 AND stream = $2`, source, stream).Scan(&nextSeq, &lastSkip)
-	})
-	if err != nil {
-		return fmt.Errorf("read stream %q back: %w", stream, err)
-	}
+	nextSeq := info.NextSeq
 	note := ""
-	if verb == "skip" && lastSkip != nil {
-		note = *lastSkip
+	if verb == "skip" {
+		note = info.LastSkip
 	}
 	if a.opts.json {
 		return a.printJSON(map[string]any{"source": source, "stream": stream, "action": verb, "next_seq": nextSeq, "note": note})

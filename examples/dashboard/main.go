@@ -35,6 +35,7 @@ import (
 
 	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/dashboard"
+	"github.com/inboxkit/inbox/internal/devenv"
 	"github.com/inboxkit/inbox/migrations"
 )
 
@@ -42,7 +43,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	s := settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
+		postgresURL: devenv.PostgresURL(),
 		schema:      "inbox_dashboard",
 		user:        envOr("DASHBOARD_USER", "operator"),
 		password:    os.Getenv("DASHBOARD_PASSWORD"),

@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // TestDashboardBehindBasicAuth runs the service on a schema of its own: its
@@ -22,7 +24,7 @@ func TestDashboardBehindBasicAuth(t *testing.T) {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	s := settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
+		postgresURL: devenv.PostgresURL(),
 		schema:      "dashboard_test_" + hex.EncodeToString(b),
 		user:        "operator",
 		password:    "test-password",

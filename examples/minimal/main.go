@@ -25,9 +25,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/amqp"
+	"github.com/inboxkit/inbox/internal/devenv"
 	"github.com/inboxkit/inbox/migrations"
 )
 
@@ -37,8 +39,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
-		amqpURL:     envOr("INBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		postgresURL: devenv.PostgresURL(),
+		amqpURL:     devenv.AMQPURL(),
 		schema:      "inbox_minimal",
 		queue:       "greetings",
 	})
@@ -63,7 +65,7 @@ func run(ctx context.Context, s settings) error {
 	if err != nil {
 		return fmt.Errorf("parse PostgreSQL URL: %w", err)
 	}
-	pcfg.MaxConns = 10 // the inbox's 4 workers, the receiver, maintenance, and some to spare
+	pcfg.MaxConns = 10 // the inbox's 4 workers, the receiver's 4 batches in flight, maintenance, and one to spare
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("connect to PostgreSQL: %w", err)
@@ -104,17 +106,22 @@ func run(ctx context.Context, s settings) error {
 		URL:      s.amqpURL,
 		Queue:    s.queue,
 		Topology: &amqp.Topology{}, // declare the queue and its dead-letter queue
+		// The dedup key: a publisher that cannot set the message_id
+		// property may send the ID in a header instead.
+		MessageID: func(d *amqp091.Delivery) string {
+			if id, ok := d.Headers["x-message-id"].(string); ok && id != "" {
+				return id
+			}
+			return d.MessageId
+		},
+		// The topic (which selects the handler): the AMQP type property, or
+		// the routing key when type is empty. This is the default; use
+		// amqp.TopicFromType to reject messages without a type.
+		TopicFrom: amqp.TopicFromTypeOrRoutingKey,
 	})
 	if err != nil {
 		return err
 	}
 	slog.Info("consuming; Ctrl-C to stop", "queue", s.queue, "schema", s.schema)
 	return rcv.Run(ctx) // returns nil once ctx is cancelled
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

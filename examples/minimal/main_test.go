@@ -12,6 +12,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/inboxkit/inbox/amqp"
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // TestMinimalConsumer runs the consumer on a queue and schema of its own,
@@ -20,8 +21,8 @@ func TestMinimalConsumer(t *testing.T) {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	s := settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
-		amqpURL:     envOr("INBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		postgresURL: devenv.PostgresURL(),
+		amqpURL:     devenv.AMQPURL(),
 		schema:      "minimal_test_" + hex.EncodeToString(b),
 		queue:       "minimal_test_" + hex.EncodeToString(b),
 	}

@@ -28,12 +28,8 @@ import (
 	"os"
 	"os/signal"
 	"time"
-)
 
-// Default URLs of the local services, used when the environment names none.
-const (
-	defaultPostgresURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	defaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // config is the example's settings, from flags and the environment.
@@ -50,8 +46,8 @@ type config struct {
 
 func main() {
 	cfg := config{
-		postgresURL: envOr("INBOX_POSTGRES_URL", defaultPostgresURL),
-		amqpURL:     envOr("INBOX_AMQP_URL", defaultAMQPURL),
+		postgresURL: devenv.PostgresURL(),
+		amqpURL:     devenv.AMQPURL(),
 	}
 	flag.IntVar(&cfg.orders, "orders", 20, "number of orders (3 events each)")
 	flag.IntVar(&cfg.duplicates, "duplicates", 15, "number of events the publisher sends twice")
@@ -84,11 +80,4 @@ func run(ctx context.Context, cfg config, out io.Writer) int {
 	}
 	fmt.Fprintf(out, "\nPASS: all %d checks passed\n", len(res.checks))
 	return 0
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // TestOrdersExample runs the example end to end on the local services (or
@@ -16,8 +18,8 @@ import (
 func TestOrdersExample(t *testing.T) {
 	for _, seed := range []uint64{1, 7} {
 		cfg := config{
-			postgresURL: envOr("INBOX_POSTGRES_URL", defaultPostgresURL),
-			amqpURL:     envOr("INBOX_AMQP_URL", defaultAMQPURL),
+			postgresURL: devenv.PostgresURL(),
+			amqpURL:     devenv.AMQPURL(),
 			orders:      20,
 			duplicates:  15,
 			seed:        seed,

@@ -28,6 +28,7 @@ import (
 
 	"github.com/inboxkit/inbox"
 	"github.com/inboxkit/inbox/amqp"
+	"github.com/inboxkit/inbox/internal/devenv"
 	"github.com/inboxkit/inbox/migrations"
 )
 
@@ -38,8 +39,8 @@ func main() {
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)
 	err := run(ctx, settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
-		amqpURL:     envOr("INBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		postgresURL: devenv.PostgresURL(),
+		amqpURL:     devenv.AMQPURL(),
 		schema:      "outbox_example_" + suffix,
 		payments:    "outbox_example_payments_" + suffix,
 		shipments:   "outbox_example_shipments_" + suffix,
@@ -223,11 +224,4 @@ func cleanup(pool *pgxpool.Pool, s settings) {
 		_, _ = ch.QueueDelete(q+amqp.DefaultDeadLetterQueueSuffix, false, false, false)
 		_ = ch.ExchangeDelete(q+amqp.DefaultDeadLetterExchangeSuffix, false, false)
 	}
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"testing"
 	"time"
+
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 // TestOutboxExample runs the example on a schema and queues of its own.
@@ -16,8 +18,8 @@ func TestOutboxExample(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err := run(ctx, settings{
-		postgresURL: envOr("INBOX_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"),
-		amqpURL:     envOr("INBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		postgresURL: devenv.PostgresURL(),
+		amqpURL:     devenv.AMQPURL(),
 		schema:      "outbox_example_test_" + suffix,
 		payments:    "outbox_example_test_payments_" + suffix,
 		shipments:   "outbox_example_test_shipments_" + suffix,

@@ -18,13 +18,11 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/inboxkit/inbox/amqp"
+	"github.com/inboxkit/inbox/internal/devenv"
 )
 
 func main() {
-	url := os.Getenv("INBOX_AMQP_URL")
-	if url == "" {
-		url = "amqp://guest:guest@127.0.0.1:5672/"
-	}
+	url := devenv.AMQPURL()
 	queue := flag.String("queue", "", "queue to publish to (required)")
 	topic := flag.String("topic", "", "topic: the AMQP type property (required)")
 	id := flag.String("id", "", "message ID: the AMQP message_id property (required)")

@@ -216,7 +216,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}
 	log.Info("ledger-consumer running", "queue", s.queue, "schema", s.schema, "ack_delay", s.ackDelay, "forward_to", s.forward)
 	// Run returns once ctx is cancelled (SIGTERM), after storing and acking
-	// the batch in hand.
+	// the batches in flight and the batch in hand.
 	runErr := rcv.Run(ctx)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

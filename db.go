@@ -1,0 +1,83 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The shared database helpers: what a statement runs on, rolling back,
+// savepoints, and text fit for a column.
+
+// execer runs a statement on a pool, connection or transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// querier reads rows from a pool, connection or transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// beginner starts a transaction on a pool or a connection.
+type beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// rollback ends tx. The context that broke the transaction may be done, so
+// it rolls back on a fresh, bounded one. An error means the connection is
+// gone, and the server has rolled back by itself.
+func rollback(tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tx.Rollback(ctx)
+}
+
+// savepointError is the failure of the statement a savepoint guarded; the
+// transaction is still usable.
+type savepointError struct{ err error }
+
+func (e *savepointError) Error() string { return e.err.Error() }
+func (e *savepointError) Unwrap() error { return e.err }
+
+// savepoint runs one statement in a savepoint, in one round trip when it
+// succeeds. Its failure is a *savepointError and leaves tx usable; any
+// other error means tx is lost.
+func savepoint(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT inbox_step")
+	b.Queue(sql, args...)
+	b.Queue("RELEASE SAVEPOINT inbox_step")
+	err := tx.SendBatch(ctx, b).Close()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT inbox_step"); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return &savepointError{err: err}
+}
+
+// maxErrorBytes bounds a stored error (panic stacks can be long).
+const maxErrorBytes = 8 << 10
+
+// errorText is err as a message row's last_error: bounded, and storable.
+func errorText(err error) string {
+	s := err.Error()
+	if len(s) > maxErrorBytes {
+		s = s[:maxErrorBytes] + "…"
+	}
+	return toValidText(s)
+}
+
+// toValidText makes s storable in a text column: valid UTF-8, no NUL.
+func toValidText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
