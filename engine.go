@@ -8,8 +8,9 @@ import (
 // configuration, the statements built for the schema, the registered
 // handlers, and what the worker path shares (wake-ups, the gate that lets a
 // suspect run alone, the side connection for attempt starts, telemetry),
-// and the key idle-stream expiry goes on from. Store, the workers, maintenance and the operator actions all work through
-// it; none of them knows Inbox.
+// and the key idle-stream expiry goes on from. Store, the workers,
+// maintenance and the operator actions all work through it; none of them
+// knows Inbox.
 type engine struct {
 	pool     *pgxpool.Pool
 	cfg      Config
