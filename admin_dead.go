@@ -121,7 +121,8 @@ func (e *engine) requeue(ctx context.Context, tx pgx.Tx, ids []int64, outOfOrder
 	}); err != nil {
 		return nil, nil, err
 	}
-	if err := e.refreshHeads(ctx, tx, keys...); err != nil {
+	// A stream expired since (expiry.go) starts again at FirstSeq.
+	if err := e.rewriteHeads(ctx, tx, keys, true); err != nil {
 		return nil, nil, fmt.Errorf("rewrite stream heads: %w", err)
 	}
 	if len(belowIDs) > 0 {

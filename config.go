@@ -147,6 +147,14 @@ type Config struct {
 	// MaintenanceInterval is how often one instance runs cleanup and gap
 	// checks. Defaults to DefaultMaintenanceInterval.
 	MaintenanceInterval time.Duration
+	// IdleStreamExpiry, when positive, deletes the rows of ordered streams
+	// (their watermark and skipped ranges) that have no pending message,
+	// are not parked, and whose watermark has not moved for this long.
+	// A message of such a stream that arrives later starts the stream
+	// again at FirstSeq; only its message ID, within Retention, still
+	// catches it as a duplicate (see "Idle streams" in the package
+	// documentation). Defaults to 0: streams are never expired.
+	IdleStreamExpiry time.Duration
 
 	// FirstSeq is the first sequence number of every stream. Defaults to
 	// DefaultFirstSeq. It is a pointer because 0 is a valid first sequence
@@ -242,6 +250,9 @@ func (c Config) validate() error {
 	}
 	if c.RetryJitter > 1 {
 		return fmt.Errorf("inbox: Config.RetryJitter %v must be at most 1", c.RetryJitter)
+	}
+	if c.IdleStreamExpiry < 0 {
+		return fmt.Errorf("inbox: Config.IdleStreamExpiry must not be negative (0: never expire)")
 	}
 	if c.GapPolicy < GapWait || c.GapPolicy > GapPark {
 		return fmt.Errorf("inbox: Config.GapPolicy %d is not a GapPolicy", c.GapPolicy)

@@ -109,7 +109,8 @@
 // an account number) are handled one at a time in [Message.Seq] order,
 // starting at [Config.FirstSeq]. The stream remembers the next sequence it
 // expects (its watermark), so a message whose sequence is below it is a
-// duplicate forever, even after its row is gone. When the next sequence has
+// duplicate, even after its row is gone, for as long as the stream is kept
+// (forever, unless it expires: see Idle streams). When the next sequence has
 // not arrived but later ones have, the stream waits (a gap); after
 // [Config.GapTimeout], counted from when the watermark reached the gap,
 // [Config.GapPolicy] applies: keep waiting ([GapWait]), go on without it
@@ -140,6 +141,19 @@
 // Logs go through [log/slog] ([Config.Logger]). Processed rows keep their
 // message ID, to catch late duplicates, for [Config.Retention]; their
 // bodies are dropped at once.
+//
+// # Idle streams
+//
+// A stream's row, with its watermark, is kept forever unless
+// [Config.IdleStreamExpiry] is set: maintenance then deletes streams with
+// no pending message, not parked, whose watermark has not moved for that
+// long. An expired stream forgets its watermark and skipped ranges, so a
+// message of it that arrives later starts it again at [Config.FirstSeq]:
+// a copy is still a duplicate if its own row is kept (done less than
+// Retention ago, or dead), by its message ID, and otherwise is handled
+// again. Store and expiry are safe against each other: a stream expiring
+// while a message of it is stored is made again, at the watermark the
+// message was judged by.
 //
 // # Sizing
 //

@@ -7,9 +7,10 @@ import (
 // engine is the machinery behind the public face, Inbox: the pool and the
 // configuration, the statements built for the schema, the registered
 // handlers, and what the worker path shares (wake-ups, the gate that lets a
-// suspect run alone, the side connection for attempt starts, telemetry).
-// Store, the workers, maintenance and the operator actions all work through
-// it; none of them knows Inbox.
+// suspect run alone, the side connection for attempt starts, telemetry),
+// and the key idle-stream expiry goes on from. Store, the workers,
+// maintenance and the operator actions all work through it; none of them
+// knows Inbox.
 type engine struct {
 	pool     *pgxpool.Pool
 	cfg      Config
@@ -21,6 +22,7 @@ type engine struct {
 	side     *sideConn
 	tel      *telemetry
 	hooks    testHooks
+	expiry   expiryCursor
 }
 
 func newEngine(pool *pgxpool.Pool, cfg Config) *engine {

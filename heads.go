@@ -19,7 +19,9 @@ import (
 //   - Store upserts the row of every stream it stores a pending message
 //     of. The upsert acts on the newest committed version of the row, whose
 //     next_seq is the stream's newest watermark, so an arrival at or below
-//     it makes the stream ready.
+//     it makes the stream ready. When the upsert creates the row, Store
+//     also makes the stream's inbox_streams row: a stream has both rows or
+//     neither (expiry.go).
 //   - Whatever changes a stream's watermark, park state or head message (a
 //     worker's settle, the gap sweep, an operator, a broken attempt) then
 //     rewrites the row from the messages, in two statements: one that locks
@@ -38,6 +40,12 @@ type streamKey struct{ source, stream string }
 // queueRefresh queues, on b, the rewrite of the heads of keys: their lock,
 // then the rewrite in a statement of its own.
 func (e *engine) queueRefresh(b *pgx.Batch, keys []streamKey) {
+	e.queueHeads(b, keys, false)
+}
+
+// queueHeads is queueRefresh that, with restore, first makes the streams
+// of keys again if they have no rows (see restoreStreams in sql_heads.go).
+func (e *engine) queueHeads(b *pgx.Batch, keys []streamKey, restore bool) {
 	if len(keys) == 0 {
 		return
 	}
@@ -52,13 +60,21 @@ func (e *engine) queueRefresh(b *pgx.Batch, keys []streamKey) {
 		sources[i], streams[i] = k.source, k.stream
 	}
 	b.Queue(e.sql.lockHeads, sources, streams)
+	if restore {
+		b.Queue(e.sql.restoreStreams, sources, streams, *e.cfg.FirstSeq)
+	}
 	b.Queue(e.sql.refreshHeads, sources, streams)
 }
 
 // refreshHeads rewrites the heads of keys in tx.
 func (e *engine) refreshHeads(ctx context.Context, tx pgx.Tx, keys ...streamKey) error {
+	return e.rewriteHeads(ctx, tx, keys, false)
+}
+
+// rewriteHeads is refreshHeads, or with restore, queueHeads' restore.
+func (e *engine) rewriteHeads(ctx context.Context, tx pgx.Tx, keys []streamKey, restore bool) error {
 	b := &pgx.Batch{}
-	e.queueRefresh(b, keys)
+	e.queueHeads(b, keys, restore)
 	if b.Len() == 0 {
 		return nil
 	}

@@ -8,8 +8,9 @@ import (
 )
 
 // maintain runs the periodic chores: deleting processed rows past their
-// retention and sweeping stream gaps. Every instance runs the loop; a
-// session-level advisory lock lets one of them at a time do the work.
+// retention, sweeping stream gaps and expiring idle streams. Every
+// instance runs the loop; a session-level advisory lock lets one of them at
+// a time do the work.
 func (e *engine) maintain(ctx context.Context) {
 	ticker := time.NewTicker(e.cfg.MaintenanceInterval)
 	defer ticker.Stop()
@@ -51,10 +52,11 @@ func (e *engine) maintainOnce(ctx context.Context) error {
 			_ = conn.Conn().Close(unlockCtx)
 		}
 	}()
-	// The chores are independent: a sweep that fails must not stop the
-	// cleanup, nor the other way round.
+	// The chores are independent: one that fails must not stop the others.
 	_, sweepErr := e.sweepGaps(ctx, conn)
-	return errors.Join(sweepErr, e.cleanupAll(ctx, conn))
+	cleanupErr := e.cleanupAll(ctx, conn)
+	_, expiryErr := e.expireIdleStreams(ctx, conn)
+	return errors.Join(sweepErr, cleanupErr, expiryErr)
 }
 
 // cleanupAll deletes processed rows past retention, batch by batch.

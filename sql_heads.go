@@ -4,7 +4,7 @@ import "strings"
 
 // headQueries are the statements that rewrite stream heads (heads.go).
 type headQueries struct {
-	lockHeads, refreshHeads string
+	lockHeads, restoreStreams, refreshHeads string
 }
 
 func newHeadQueries(r *strings.Replacer) (q headQueries) {
@@ -16,6 +16,18 @@ SELECT count(*) FROM (
     JOIN unnest($1::text[], $2::text[]) AS u(source, stream) ON h.source = u.source AND h.stream = u.stream
     ORDER BY h.source, h.stream
     FOR UPDATE OF h) locked`)
+
+	// Between lock and refresh when messages become pending outside
+	// Store (an operator's requeue): a stream without a head row, never
+	// made or expired (expiry.go), gets its inbox_streams row again, at
+	// the first sequence number ($3). One with a head row keeps its
+	// stream, as the lock holds off expiry.
+	q.restoreStreams = r.Replace(`
+INSERT INTO {schema}.inbox_streams (source, stream, next_seq)
+SELECT u.source, u.stream, $3 FROM unnest($1::text[], $2::text[]) AS u(source, stream)
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.inbox_stream_heads h WHERE h.source = u.source AND h.stream = u.stream)
+ORDER BY 1, 2
+ON CONFLICT DO NOTHING`)
 
 	// The stream's next step is the first message at its watermark or,
 	// below it, an operator's out-of-order requeue (due at its run_at)
@@ -61,7 +73,9 @@ SET next_seq = excluded.next_seq, parked = excluded.parked, low_seq = excluded.l
 // new row judges by that watermark; an existing one by its own next_seq,
 // the newest. Only an arrival at or below it makes the stream ready; it
 // keeps the topic of a stream that was ready already (its head is older
-// than the arrival).
+// than the arrival). It returns each row with whether it created it (xmax
+// is 0 only in a row version this statement inserted; an updated one
+// carries the lock the upsert took).
 func upsertHeads(arrivals string) string {
 	return `
 INSERT INTO {schema}.inbox_stream_heads AS h (source, stream, next_seq, low_seq, high_seq, ready_at, topic, head_id)
@@ -82,5 +96,6 @@ SET low_seq = least(h.low_seq, excluded.low_seq),
     topic = CASE WHEN h.parked OR excluded.low_seq > h.next_seq OR h.ready_at IS NOT NULL THEN h.topic
                  ELSE excluded.topic END,
     head_id = CASE WHEN h.parked OR excluded.low_seq > h.next_seq OR h.ready_at IS NOT NULL THEN h.head_id
-                   ELSE excluded.head_id END`
+                   ELSE excluded.head_id END
+RETURNING h.source, h.stream, h.next_seq, h.xmax = 0 AS created`
 }

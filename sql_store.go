@@ -9,11 +9,17 @@ type storeQueries struct {
 
 func newStoreQueries(r *strings.Replacer) (q storeQueries) {
 	// One statement, hence atomic without an explicit transaction:
-	// create rows for new streams, then insert the messages not stored
-	// yet. A sequence below its stream's watermark is a duplicate,
-	// unless it lies in a skipped range: then it was never applied and
-	// is kept, dead, saying so. Only such messages read inbox_skips.
-	// The stream heads of its pending arrivals are updated (heads.go).
+	// insert the messages not stored yet. A sequence below its stream's
+	// watermark is a duplicate, unless it lies in a skipped range: then
+	// it was never applied and is kept, dead, saying so. Only such
+	// messages read inbox_skips. The stream heads of its pending
+	// arrivals are updated (heads.go), and a stream whose head row that
+	// creates gets its inbox_streams row, at the watermark it was judged
+	// by. Every stream has both rows or neither, and Store makes them
+	// only under the head row's lock: that is what makes idle-stream
+	// expiry safe against it (expiry.go). Until this statement has the
+	// lock, a head row being expired is deleted with its stream, so
+	// this statement then creates both again.
 	q.store = r.Replace(`
 WITH input AS (
     SELECT u.source, u.message_id, u.topic, NULLIF(u.stream, '') AS stream,
@@ -21,14 +27,6 @@ WITH input AS (
            u.headers::jsonb AS headers, u.body, u.ord
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bytea[])
         WITH ORDINALITY AS u(source, message_id, topic, stream, seq, headers, body, ord)
-),
-new_streams AS (
-    INSERT INTO {schema}.inbox_streams (source, stream, next_seq)
-    SELECT DISTINCT i.source, i.stream, $8::bigint FROM input i
-    WHERE i.stream IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_streams s WHERE s.source = i.source AND s.stream = i.stream)
-    ORDER BY 1, 2
-    ON CONFLICT DO NOTHING
 ),
 fated AS (
     SELECT i.*, CASE
@@ -52,6 +50,12 @@ heads AS (` + upsertHeads(`
     SELECT x.source, x.stream, x.seq, x.topic, x.id, f.watermark
     FROM inserted x JOIN fated f ON f.source = x.source AND f.message_id = x.message_id
     WHERE x.state = 'pending' AND x.stream IS NOT NULL`) + `
+),
+new_streams AS (
+    INSERT INTO {schema}.inbox_streams (source, stream, next_seq)
+    SELECT h.source, h.stream, h.next_seq FROM heads h WHERE h.created
+    ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
 ),
 notified AS (
     SELECT pg_notify($9, '') FROM (SELECT 1 FROM inserted WHERE state = 'pending' LIMIT 1) one WHERE $9 <> ''

@@ -17,7 +17,9 @@ ON CONFLICT (source, stream, from_seq) DO UPDATE
 SET to_seq = excluded.to_seq, how = excluded.how, skipped_at = excluded.skipped_at`
 }
 
-// streamQueries are the statements of gaps, skips and parks (ordering.go), and the operator's view of streams (admin_streams.go).
+// streamQueries are the statements of gaps, skips and parks (ordering.go),
+// the operator's view of streams (admin_streams.go), and idle-stream expiry
+// (expiry.go).
 type streamQueries struct {
 	findGaps, gapStarted, gapReported                 string
 	gapSkip, skipStream, park, parkFailed             string
@@ -25,6 +27,7 @@ type streamQueries struct {
 	requeueParked, resumeStream                       string
 	listStreams, streamInfo, streamDetail             string
 	pageParkedStreams, pageGapStreams, deepestStreams string
+	expireStreams                                     string
 }
 
 func newStreamQueries(r *strings.Replacer) (q streamQueries) {
@@ -162,6 +165,50 @@ WITH heads AS (
 SELECT `) + cols + r.Replace(`
 FROM heads h JOIN {schema}.inbox_streams s ON s.source = h.source AND s.stream = h.stream
 ORDER BY 4 DESC, 1, 2 LIMIT $3`)
+
+	// One window of idle-stream expiry (expiry.go): $1, $2 the key the
+	// last window ended at, $3 the window's size, $4 the idle time in
+	// seconds. It returns how many streams the window held, the last
+	// one's key, and how many it expired.
+	q.expireStreams = r.Replace(`
+WITH win AS (
+    SELECT s.source, s.stream FROM {schema}.inbox_streams s
+    WHERE (s.source, s.stream) > ($1::text, $2::text)
+    ORDER BY s.source, s.stream
+    LIMIT $3
+),
+idle AS (
+    SELECT s.source, s.stream FROM {schema}.inbox_streams s
+    JOIN win w ON w.source = s.source AND w.stream = s.stream
+    WHERE s.parked_at IS NULL AND s.updated_at < now() - make_interval(secs => $4)
+    ORDER BY s.source, s.stream
+    FOR UPDATE OF s SKIP LOCKED
+),
+quiet AS (
+    SELECT h.source, h.stream FROM {schema}.inbox_stream_heads h
+    JOIN idle i ON i.source = h.source AND i.stream = h.stream
+    WHERE h.low_seq IS NULL AND NOT h.parked
+    ORDER BY h.source, h.stream
+    FOR UPDATE OF h SKIP LOCKED
+),
+heads_gone AS (
+    DELETE FROM {schema}.inbox_stream_heads h USING quiet q
+    WHERE h.source = q.source AND h.stream = q.stream
+    RETURNING h.source, h.stream
+),
+streams_gone AS (
+    DELETE FROM {schema}.inbox_streams s USING heads_gone g
+    WHERE s.source = g.source AND s.stream = g.stream
+    RETURNING s.source, s.stream
+),
+skips_gone AS (
+    DELETE FROM {schema}.inbox_skips k USING streams_gone g
+    WHERE k.source = g.source AND k.stream = g.stream
+)
+SELECT (SELECT count(*) FROM win), coalesce(l.source, ''), coalesce(l.stream, ''),
+       (SELECT count(*) FROM streams_gone)
+FROM (SELECT 1) one
+LEFT JOIN (SELECT source, stream FROM win ORDER BY source DESC, stream DESC LIMIT 1) l ON true`)
 	return q
 }
 

@@ -26,6 +26,8 @@ type SoakOptions struct {
 	Bucket      time.Duration `json:"bucket_ns"`
 	Retention   time.Duration `json:"retention_ns"`
 	Maintenance time.Duration `json:"maintenance_interval_ns"`
+	// StreamExpiry is the inbox's IdleStreamExpiry in the soak.
+	StreamExpiry time.Duration `json:"idle_stream_expiry_ns"`
 }
 
 func (o *SoakOptions) flags(fs *flag.FlagSet) {
@@ -34,6 +36,7 @@ func (o *SoakOptions) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Bucket, "soak-bucket", time.Minute, "length of one reported soak bucket")
 	fs.DurationVar(&o.Retention, "soak-retention", time.Minute, "inbox Config.Retention in the soak, short so cleanup deletes during it")
 	fs.DurationVar(&o.Maintenance, "soak-maintenance", 10*time.Second, "inbox Config.MaintenanceInterval in the soak")
+	fs.DurationVar(&o.StreamExpiry, "soak-stream-expiry", time.Minute, "inbox Config.IdleStreamExpiry in the soak (0: streams are never expired)")
 }
 
 func (o SoakOptions) validate() error {
@@ -44,6 +47,8 @@ func (o SoakOptions) validate() error {
 		return errors.New("-soak-bucket must be positive and at most -soak")
 	case o.Retention <= 0 || o.Maintenance <= 0:
 		return errors.New("-soak-retention and -soak-maintenance must be positive")
+	case o.StreamExpiry < 0:
+		return errors.New("-soak-stream-expiry must not be negative")
 	}
 	return nil
 }
@@ -79,13 +84,17 @@ type SoakBucket struct {
 	Rows               int64   `json:"rows"`
 	StreamRows         int64   `json:"stream_rows"`
 	DeadTuples         int64   `json:"dead_tuples"`
-	RSSMiB             float64 `json:"rss_mib"`
-	HeapInuseMiB       float64 `json:"heap_inuse_mib"`
+	// OldestSnapshotSeconds is the age of the oldest transaction on the
+	// server that holds a snapshot: vacuum can remove no row version
+	// deleted after it began, whoever runs it.
+	OldestSnapshotSeconds float64 `json:"oldest_snapshot_seconds"`
+	RSSMiB                float64 `json:"rss_mib"`
+	HeapInuseMiB          float64 `json:"heap_inuse_mib"`
 }
 
 // soakStreamLen is how many messages each soak stream carries: every other
 // message is ordered, in streams of this many, so new streams keep coming
-// and old ones go idle (their rows in inbox_streams stay).
+// and old ones go idle (and expire, after -soak-stream-expiry).
 const soakStreamLen = 10
 
 func soakHeaders(i int) amqp091.Table {
@@ -168,7 +177,7 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 	defer del()
 
 	cfg.Schema, cfg.Logger = schema, quietLogger()
-	cfg.Retention, cfg.MaintenanceInterval = o.Retention, o.Maintenance
+	cfg.Retention, cfg.MaintenanceInterval, cfg.IdleStreamExpiry = o.Retention, o.Maintenance, o.StreamExpiry
 	in, err := inbox.New(pool, cfg)
 	if err != nil {
 		return nil, err
@@ -204,13 +213,17 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 		return nil, fmt.Errorf("receiver did not start consuming: %w", err)
 	}
 
+	var autovacuum string
+	if err := pool.QueryRow(ctx, "SHOW autovacuum").Scan(&autovacuum); err != nil {
+		return nil, fmt.Errorf("read the server's autovacuum setting: %w", err)
+	}
 	rc := rcv.Config()
 	ic := in.Config()
 	s := &Soak{
 		OfferedRate: rate,
 		Published:   int(rate * o.Duration.Seconds()),
-		Settings: fmt.Sprintf("%s, inbox Workers=%d BatchSize=%d Retention=%s MaintenanceInterval=%s CleanupBatch=%d, every other message in streams of %d",
-			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, soakStreamLen),
+		Settings: fmt.Sprintf("%s, inbox Workers=%d BatchSize=%d Retention=%s MaintenanceInterval=%s CleanupBatch=%d IdleStreamExpiry=%s, every other message in streams of %d, server autovacuum=%s",
+			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, ic.IdleStreamExpiry, soakStreamLen, autovacuum),
 	}
 	sizes := newSizeQuery(schema)
 	pubCtx, cancelPub := context.WithCancel(ctx)
@@ -247,8 +260,8 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 			bk.RSSMiB, bk.HeapInuseMiB = float64(rssBytes())/(1<<20), float64(ms.HeapInuse)/(1<<20)
 			s.Buckets = append(s.Buckets, bk)
 			last = now
-			logf("  soak %6.0fs: %6.0f msg/s, p50 %.1f ms, p99 %.1f ms, claim p50 %.2f ms, table %.1f MiB, indexes %.1f MiB, %d dead tuples, RSS %.0f MiB",
-				bk.EndSeconds, bk.Rate, bk.P50Ms, bk.P99Ms, bk.Claims.P50Ms, bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.DeadTuples, bk.RSSMiB)
+			logf("  soak %6.0fs: %6.0f msg/s, p50 %.1f ms, p99 %.1f ms, claim p50 %.2f ms, table %.1f MiB, indexes %.1f MiB, %d dead tuples, oldest snapshot %.0f s, RSS %.0f MiB",
+				bk.EndSeconds, bk.Rate, bk.P50Ms, bk.P99Ms, bk.Claims.P50Ms, bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.DeadTuples, bk.OldestSnapshotSeconds, bk.RSSMiB)
 		}
 	}
 	cancelPub()
@@ -271,7 +284,9 @@ func newSizeQuery(schema string) sizeQuery {
 		sql: `
 SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass), pg_total_relation_size($2::regclass),
        coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass), 0),
-       (SELECT count(*) FROM ` + q + `.inbox_messages), (SELECT count(*) FROM ` + q + `.inbox_streams)`,
+       (SELECT count(*) FROM ` + q + `.inbox_messages), (SELECT count(*) FROM ` + q + `.inbox_streams),
+       coalesce((SELECT greatest(extract(epoch FROM now() - min(xact_start)), 0) FROM pg_stat_activity
+                 WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()), 0)`,
 	}
 }
 
@@ -279,7 +294,7 @@ func (q sizeQuery) read(ctx context.Context, pool interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, bk *SoakBucket) error {
 	var table, indexes, streams int64
-	if err := pool.QueryRow(ctx, q.sql, q.messages, q.streams).Scan(&table, &indexes, &streams, &bk.DeadTuples, &bk.Rows, &bk.StreamRows); err != nil {
+	if err := pool.QueryRow(ctx, q.sql, q.messages, q.streams).Scan(&table, &indexes, &streams, &bk.DeadTuples, &bk.Rows, &bk.StreamRows, &bk.OldestSnapshotSeconds); err != nil {
 		return fmt.Errorf("read table sizes: %w", err)
 	}
 	const mib = 1 << 20
@@ -314,11 +329,11 @@ func (s *Soak) writeMarkdown(b *strings.Builder) {
 		fmt.Fprintf(b, " (half the saturated end-to-end rate of %s msg/s)", thousands(s.SaturatedRate))
 	}
 	fmt.Fprintf(b, ", %d messages; %s.\n\n", s.Published, s.Settings)
-	b.WriteString("| End (s) | Handled (msg/s) | Latency p50 / p99 (ms) | Claim p50 / p99 (ms) | Messages table / indexes (MiB) | Rows | Dead tuples | Streams (rows, MiB) | RSS / heap (MiB) |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| End (s) | Handled (msg/s) | Latency p50 / p99 (ms) | Claim p50 / p99 (ms) | Messages table / indexes (MiB) | Rows | Dead tuples | Oldest snapshot (s) | Streams (rows, MiB) | RSS / heap (MiB) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, k := range s.Buckets {
-		fmt.Fprintf(b, "| %.0f | %s | %.1f / %.1f | %.2f / %.2f | %.1f / %.1f | %d | %d | %d, %.1f | %.0f / %.1f |\n",
+		fmt.Fprintf(b, "| %.0f | %s | %.1f / %.1f | %.2f / %.2f | %.1f / %.1f | %d | %d | %.0f | %d, %.1f | %.0f / %.1f |\n",
 			k.EndSeconds, thousands(k.Rate), k.P50Ms, k.P99Ms, k.Claims.P50Ms, k.Claims.P99Ms,
-			k.MessagesTableMiB, k.MessagesIndexesMiB, k.Rows, k.DeadTuples, k.StreamRows, k.StreamsMiB, k.RSSMiB, k.HeapInuseMiB)
+			k.MessagesTableMiB, k.MessagesIndexesMiB, k.Rows, k.DeadTuples, k.OldestSnapshotSeconds, k.StreamRows, k.StreamsMiB, k.RSSMiB, k.HeapInuseMiB)
 	}
 }
