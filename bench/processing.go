@@ -204,7 +204,10 @@ type testbed struct {
 // prepareInbox creates a schema and loads it with enough rows for
 // r.rounds rounds (and r.pending at least), plus r.blocked blocked rows.
 func prepareInbox(ctx context.Context, r inboxRun) (*testbed, error) {
-	tb := &testbed{r: r, claims: &claimTracer{}, pending: max(r.pending, r.messages*max(r.rounds, 1))}
+	// A round stops its inbox once enough rows are done, and batches in
+	// flight finish past that: each later round needs a tenth more slack.
+	rounds := max(r.rounds, 1)
+	tb := &testbed{r: r, claims: &claimTracer{}, pending: max(r.pending, r.messages*rounds+r.messages/10*(rounds-1))}
 	pool, err := newTracedPool(ctx, "bench "+r.name, int32(r.cfg.Workers+4), tb.claims)
 	if err != nil {
 		return nil, err
