@@ -31,10 +31,10 @@ func (w *worker) loop(claimCtx, workCtx context.Context) {
 	failures := 0
 	for claimCtx.Err() == nil {
 		found, err := e.round(claimCtx, workCtx)
-		e.hooks.claimed(found, err)
 		if claimCtx.Err() != nil {
-			return
+			return // stopping: a claim cut short by Stop is no failure
 		}
+		e.hooks.claimed(found, err)
 		wait := e.cfg.PollInterval
 		switch {
 		case err != nil:
