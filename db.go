@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -76,6 +77,10 @@ func errorText(err error) string {
 	}
 	return toValidText(s)
 }
+
+// validText reports whether s is storable in a text column as it is:
+// valid UTF-8, no NUL.
+func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
 // toValidText makes s storable in a text column: valid UTF-8, no NUL.
 func toValidText(s string) string {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -261,8 +260,6 @@ func (o *Outbox) check(i int, m *OutgoingMessage) (Route, error) {
 	}
 	return route, nil
 }
-
-func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
 func truncateText(s string, n int) string {
 	if len(s) <= n {

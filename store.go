@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"strings"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -123,7 +121,7 @@ func (e *engine) validate(i int, m *Message) error {
 		return bad(ReasonBadSequence, seqCannotBeFollowed(m.Seq))
 	}
 	for name, s := range map[string]string{"id": m.ID, "topic": m.Topic, "stream": m.Stream, "source": source} {
-		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+		if !validText(s) {
 			return bad(ReasonInvalidText, name+" must be UTF-8 without NUL bytes")
 		}
 	}
