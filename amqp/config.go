@@ -209,6 +209,23 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// namedDuration is a configuration field that must be positive.
+type namedDuration struct {
+	name string
+	v    time.Duration
+}
+
+// requirePositive reports the first of fields, of the configuration type
+// typeName, that is not positive.
+func requirePositive(typeName string, fields []namedDuration) error {
+	for _, f := range fields {
+		if f.v <= 0 {
+			return fmt.Errorf("amqp: %s.%s %s must be positive", typeName, f.name, f.v)
+		}
+	}
+	return nil
+}
+
 func setDefault[T comparable](field *T, def T) {
 	var zero T
 	if *field == zero {
@@ -241,21 +258,15 @@ func (c Config) validate() error {
 	case c.ReconnectMax < c.ReconnectInitial:
 		return errors.New("amqp: Config.ReconnectMax must be at least Config.ReconnectInitial")
 	}
-	positive := []struct {
-		name string
-		v    time.Duration
-	}{
+	if err := requirePositive("Config", []namedDuration{
 		{"BatchLinger", c.BatchLinger},
 		{"StoreTimeout", c.StoreTimeout},
 		{"StoreRetryInitial", c.StoreRetryInitial},
 		{"ReconnectInitial", c.ReconnectInitial},
 		{"OpenTimeout", c.OpenTimeout},
 		{"ShutdownTimeout", c.ShutdownTimeout},
-	}
-	for _, p := range positive {
-		if p.v <= 0 {
-			return fmt.Errorf("amqp: Config.%s %s must be positive", p.name, p.v)
-		}
+	}); err != nil {
+		return err
 	}
 	if c.DeadLetterExchange == "" && c.DeadLetterRoutingKey != "" {
 		return errors.New("amqp: Config.DeadLetterRoutingKey needs a Config.DeadLetterExchange")

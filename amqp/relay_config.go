@@ -106,20 +106,12 @@ func (c RelayConfig) validate() error {
 	case c.ReconnectMax < c.ReconnectInitial:
 		return errors.New("amqp: RelayConfig.ReconnectMax must be at least RelayConfig.ReconnectInitial")
 	}
-	for _, p := range []struct {
-		name string
-		v    time.Duration
-	}{
+	return requirePositive("RelayConfig", []namedDuration{
 		{"PollInterval", c.PollInterval},
 		{"ConfirmTimeout", c.ConfirmTimeout},
 		{"ReconnectInitial", c.ReconnectInitial},
 		{"OpenTimeout", c.OpenTimeout},
 		{"ShutdownTimeout", c.ShutdownTimeout},
 		{"CleanupInterval", c.CleanupInterval},
-	} {
-		if p.v <= 0 {
-			return fmt.Errorf("amqp: RelayConfig.%s %s must be positive", p.name, p.v)
-		}
-	}
-	return nil
+	})
 }
