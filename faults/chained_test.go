@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"math/rand/v2"
-	"sort"
 	"syscall"
 	"testing"
 	"time"
@@ -361,8 +360,7 @@ func (c *chain) check(name string, l *ledger, copies []string) figures {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	seen := map[string]int{}
-	top := map[string]int64{}
+	t := newTally()
 	for rows.Next() {
 		var id, stream string
 		var seq int64
@@ -374,30 +372,16 @@ func (c *chain) check(name string, l *ledger, copies []string) figures {
 			c.t.Errorf("%s: effect in B of %s, which is no follow-up in the outbox", name, id)
 			continue
 		}
-		seen[u.origin]++
-		if seen[u.origin] > 1 {
-			f.duplicated++
-		}
+		t.apply(u.origin, stream, seq)
 		if en := byID[u.origin]; stream != en.stream || seq != en.seq {
 			c.t.Errorf("%s: follow-up of %s applied as stream %q seq %d, want %q %d", name, u.origin, stream, seq, en.stream, en.seq)
-		}
-		if stream != "" {
-			if seq <= top[stream] {
-				f.outOfOrder++
-			}
-			top[stream] = max(top[stream], seq)
 		}
 	}
 	if err := rows.Err(); err != nil {
 		c.t.Fatal(err)
 	}
-	var lostIDs []string
-	for id := range confirmed {
-		if seen[id] == 0 {
-			lostIDs = append(lostIDs, id)
-		}
-	}
-	f.lost = len(lostIDs)
+	lostIDs := missing(t, confirmed)
+	f.lost, f.duplicated, f.outOfOrder = len(lostIDs), t.duplicated, t.outOfOrder
 
 	// Both inboxes: every message stored once, done.
 	for _, e := range []*env{a, b} {
@@ -410,7 +394,6 @@ func (c *chain) check(name string, l *ledger, copies []string) figures {
 	c.t.Logf("figures: case=%s messages=%d sent=%d (duplicates %d, out of order %d) faults=%d lost=%d duplicated=%d out_of_order=%d dead=%d pending=%d dlq=0 forwarded=%d copies_known=%d",
 		name, f.messages, f.sent, l.dups, l.outOfOrder(), f.faults, f.lost, f.duplicated, f.outOfOrder, f.dead, f.pending, len(follow), len(copies))
 	if f.lost != 0 {
-		sort.Strings(lostIDs)
 		c.t.Errorf("%s: %d originals without an effect in B, e.g. %v", name, f.lost, lostIDs[:min(5, len(lostIDs))])
 	}
 	if f.duplicated != 0 {

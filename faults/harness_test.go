@@ -597,38 +597,24 @@ func (e *env) check(name string, l *ledger, x expectation) figures {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	seen := map[string]int{}
-	top := map[string]int64{}
+	t := newTally()
 	for rows.Next() {
 		var id, stream string
 		var seq int64
 		if err := rows.Scan(&id, &stream, &seq); err != nil {
 			e.t.Fatal(err)
 		}
-		seen[id]++
-		if seen[id] > 1 {
-			f.duplicated++
-		}
-		if _, ok := want[id]; !ok && seen[id] == 1 {
-			e.t.Errorf("%s: effect of unexpected message %q", name, id)
-		}
-		if stream != "" {
-			if seq <= top[stream] {
-				f.outOfOrder++
+		if t.apply(id, stream, seq) == 1 {
+			if _, ok := want[id]; !ok {
+				e.t.Errorf("%s: effect of unexpected message %q", name, id)
 			}
-			top[stream] = max(top[stream], seq)
 		}
 	}
 	if err := rows.Err(); err != nil {
 		e.t.Fatal(err)
 	}
-	var lostIDs []string
-	for id := range want {
-		if seen[id] == 0 {
-			lostIDs = append(lostIDs, id)
-		}
-	}
-	f.lost = len(lostIDs)
+	lostIDs := missing(t, want)
+	f.lost, f.duplicated, f.outOfOrder = len(lostIDs), t.duplicated, t.outOfOrder
 
 	// The inbox: one row per message, dead only the failing ones with
 	// their reason, pending only those behind a parked stream.
@@ -637,7 +623,6 @@ func (e *env) check(name string, l *ledger, x expectation) figures {
 	e.t.Logf("figures: case=%s messages=%d sent=%d (duplicates %d, out of order %d) faults=%d lost=%d duplicated=%d out_of_order=%d dead=%d pending=%d dlq=%d",
 		name, f.messages, f.sent, l.dups, l.outOfOrder(), f.faults, f.lost, f.duplicated, f.outOfOrder, f.dead, f.pending, x.dlq)
 	if f.lost != 0 {
-		sort.Strings(lostIDs)
 		e.t.Errorf("%s: %d messages lost, e.g. %v", name, f.lost, lostIDs[:min(5, len(lostIDs))])
 	}
 	if f.duplicated != 0 {
@@ -803,4 +788,43 @@ func cpuTicks(t *testing.T, pid int) int {
 // sleepJitter sleeps between lo and hi.
 func sleepJitter(rng *rand.Rand, lo, hi time.Duration) {
 	time.Sleep(lo + time.Duration(rng.Int64N(int64(hi-lo)+1)))
+}
+
+// tally counts a ledger's effects in the order they were applied: how
+// often each key was applied, the repeats, and the effects that did not
+// raise their stream's sequence number.
+type tally struct {
+	seen                   map[string]int
+	top                    map[string]int64
+	duplicated, outOfOrder int
+}
+
+func newTally() *tally { return &tally{seen: map[string]int{}, top: map[string]int64{}} }
+
+// apply counts one effect of key, on stream at seq (stream "" for none),
+// and returns how often key has been applied now.
+func (t *tally) apply(key, stream string, seq int64) int {
+	t.seen[key]++
+	if t.seen[key] > 1 {
+		t.duplicated++
+	}
+	if stream != "" {
+		if seq <= t.top[stream] {
+			t.outOfOrder++
+		}
+		t.top[stream] = max(t.top[stream], seq)
+	}
+	return t.seen[key]
+}
+
+// missing lists, sorted, the keys of want that were never applied.
+func missing[V any](t *tally, want map[string]V) []string {
+	var out []string
+	for key := range want {
+		if t.seen[key] == 0 {
+			out = append(out, key)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
