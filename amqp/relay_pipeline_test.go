@@ -184,10 +184,11 @@ func TestRelayConcurrentClaimsKeepStreamOrder(t *testing.T) {
 	}
 }
 
-// A lost connection while two batches are in flight loses nothing: the
-// older batch's confirms are in but its claim cannot record them (its
-// database connection is killed), and the newer batch is published and
-// waiting for its confirms when the broker closes the connection. Every
+// A lost connection while a full window of batches is in flight loses
+// nothing: the oldest batch's confirms are in but its claim cannot record
+// them (its database connection is killed), and the newer batches are
+// published and waiting for their confirms when the broker closes the
+// connection. Every
 // message stays pending or is recorded, the relay reconnects and publishes
 // the unrecorded ones again with the same IDs, the downstream inbox drops
 // the copies, and each stream is applied in order.
@@ -209,11 +210,11 @@ func TestRelayPipelineLostConnection(t *testing.T) {
 	}
 	var faulted atomic.Bool
 	amqp.SetBeforeSettle(r, func(inFlight int) {
-		if inFlight < 2 || faulted.Load() {
+		if inFlight < 3 || faulted.Load() {
 			return
 		}
 		faulted.Store(true)
-		// The older of the two open claims is this batch's.
+		// The oldest of the open claims is this batch's.
 		e.exec(`SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
 			WHERE application_name = $1 AND state = 'idle in transaction' AND query LIKE '%FOR UPDATE SKIP LOCKED%'
 			ORDER BY xact_start LIMIT 1`, e.schema)
@@ -232,7 +233,7 @@ func TestRelayPipelineLostConnection(t *testing.T) {
 	}()
 	e.waitFor("all sent", 60*time.Second, func() bool { return e.outboxCount("sent") == n })
 	if !faulted.Load() {
-		t.Fatal("the relay never had two batches in flight")
+		t.Fatal("the relay never had three batches in flight")
 	}
 	e.assertOnceEach(n)
 	st := r.Stats()

@@ -20,7 +20,7 @@ const relayLoadBatch = 1000
 
 // relayProducers enqueue the fixed-rate latency run's messages, each in a
 // transaction of its own, so that one slow commit does not hold the pace.
-const relayProducers = 4
+const relayProducers = 16
 
 // relay compares the outbox relay with plain amqp091-go publishing with
 // confirms, in alternating rounds, then measures the latency from a
