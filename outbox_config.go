@@ -64,8 +64,12 @@ type OutboxConfig struct {
 	// CleanupBatch bounds one delete of expired sent rows. Defaults to
 	// DefaultCleanupBatch.
 	CleanupBatch int
-	// DisableListen makes Enqueue send no NOTIFY: relays in other processes
-	// then find new messages by polling.
+	// DisableListen makes Enqueue send no NOTIFY: relays then find new
+	// messages by polling (Send still wakes a relay of this process, after
+	// its commit). PostgreSQL serialises the commits of notifying
+	// transactions server-wide, through their WAL flush, so services that
+	// enqueue in many small transactions (hundreds per second) go faster
+	// without it (docs/outbox.md).
 	DisableListen bool
 	// Logger receives the outbox's logs. Defaults to slog.Default().
 	Logger *slog.Logger

@@ -222,7 +222,7 @@ func TestCompareRelay(t *testing.T) {
 	rep := &Report{Results: []Result{
 		{ID: resultRelayRaw, Rate: 1000},
 		{ID: resultRelayInbox, Rate: 790},
-		{ID: resultRelayLatency, Latency: &Latency{OfferedRate: 500, P50Ms: 7, P99Ms: 20}},
+		{ID: resultRelayLatency, Rate: 495, Latency: &Latency{OfferedRate: 500, P50Ms: 7, P99Ms: 20}},
 	}}
 	rep.compare()
 	if len(rep.Comparisons) != 3 {
@@ -239,6 +239,13 @@ func TestCompareRelay(t *testing.T) {
 	}
 	if !strings.Contains(rep.Comparisons[2].Name, "p99 at 500 msg/s") || rep.Comparisons[2].Value != 20 {
 		t.Errorf("p99 comparison = %+v", rep.Comparisons[2])
+	}
+	// A run that fell behind its pace says so rather than claim the rate.
+	rep.Results[2].Rate = 300
+	rep.Comparisons = nil
+	rep.compare()
+	if name := rep.Comparisons[2].Name; !strings.Contains(name, "offered 500 msg/s, sustained only 300") {
+		t.Errorf("p99 comparison of a run behind its pace is named %q", name)
 	}
 }
 

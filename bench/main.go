@@ -51,6 +51,7 @@ type Options struct {
 	ReceiverBatch    int           `json:"receiver_batch"`
 	ReceiverLinger   time.Duration `json:"receiver_linger_ns"`
 	RelayBatch       int           `json:"relay_batch"`
+	RelayLoad        int           `json:"relay_load_per_sec"`
 	Only             []string      `json:"only,omitempty"`
 	Smoke            bool          `json:"smoke"`
 	Soak             SoakOptions   `json:"soak"`
@@ -94,6 +95,7 @@ func parseFlags(args []string) (Options, error) {
 	fs.IntVar(&o.ReceiverPrefetch, "receiver-prefetch", 0, "amqp receiver Config.Prefetch (0: the library default)")
 	fs.IntVar(&o.ReceiverBatch, "receiver-batch", 0, "amqp receiver Config.BatchSize (0: the library default)")
 	fs.DurationVar(&o.ReceiverLinger, "receiver-linger", 0, "amqp receiver Config.BatchLinger (0: the library default)")
+	fs.IntVar(&o.RelayLoad, "relay-load", 300, "offered load of the relay's latency run, in messages per second, each in a transaction of its own")
 	fs.IntVar(&o.RelayBatch, "relay-batch", 1000, "relay BatchSize, and the confirms the raw publisher it is compared with has in flight")
 	fs.StringVar(&only, "only", "", "comma-separated cases to run, of: "+strings.Join(caseNames, ", "))
 	fs.BoolVar(&o.Smoke, "smoke", false, "every case on a few hundred messages: checks the program works, measures nothing")
@@ -129,6 +131,7 @@ func (o *Options) smoke() {
 	o.ScaleRows = min(o.ScaleRows, 10*o.Messages)
 	o.BlockedRows = min(o.BlockedRows, 10*o.Messages)
 	o.Load = min(o.Load, 300)
+	o.RelayLoad = min(o.RelayLoad, 300)
 	o.LatencyDuration = min(o.LatencyDuration, time.Second)
 	o.Rounds = 1
 }
@@ -139,8 +142,8 @@ func (o Options) validate() error {
 		return errors.New("-messages must be positive")
 	case o.Body < 8:
 		return errors.New("-body must be at least 8 bytes (they carry the send time)")
-	case o.Load < 1:
-		return errors.New("-load must be positive")
+	case o.Load < 1 || o.RelayLoad < 1:
+		return errors.New("-load and -relay-load must be positive")
 	case o.LatencyDuration <= 0:
 		return errors.New("-latency-duration must be positive")
 	case o.Rounds < 1:

@@ -44,12 +44,12 @@ func (b *bench) relay(ctx context.Context) error {
 	}
 	b.record(resultRelayRaw, "Publishing ceiling: amqp091-go with confirms", best(raw))
 	b.record(resultRelayInbox, "Relay: outbox to RabbitMQ with confirms", best(relayed))
-	total := max(1, int(float64(b.opts.Load)*b.opts.LatencyDuration.Seconds()))
-	res, err := runRelayLatency(ctx, br, total, float64(b.opts.Load), b.opts.Body, b.inboxConfig(), b.receiverConfig)
+	total := max(1, int(float64(b.opts.RelayLoad)*b.opts.LatencyDuration.Seconds()))
+	res, err := runRelayLatency(ctx, br, total, float64(b.opts.RelayLoad), b.opts.Body, b.inboxConfig(), b.receiverConfig)
 	if err != nil {
 		return fmt.Errorf("relay latency: %w", err)
 	}
-	b.record(resultRelayLatency, fmt.Sprintf("Relay latency at %s msg/s: commit to downstream handler", thousands(float64(b.opts.Load))), res)
+	b.record(resultRelayLatency, fmt.Sprintf("Relay latency at %s msg/s: commit to downstream handler", thousands(float64(b.opts.RelayLoad))), res)
 	return nil
 }
 

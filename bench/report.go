@@ -193,9 +193,15 @@ func (r *Report) compare() {
 	}
 	ratio("relay vs amqp091-go confirmed publishing", resultRelayInbox, resultRelayRaw, ">=", targetRelayVsRaw)
 	if l, ok := r.result(resultRelayLatency); ok && l.Latency != nil {
-		// The issue asks for these figures but sets no target for them.
-		r.add(Comparison{Name: fmt.Sprintf("relay: commit to downstream handler p50 at %.0f msg/s", l.Latency.OfferedRate), Of: resultRelayLatency, Value: l.Latency.P50Ms, Unit: "ms"})
-		r.add(Comparison{Name: fmt.Sprintf("relay: commit to downstream handler p99 at %.0f msg/s", l.Latency.OfferedRate), Of: resultRelayLatency, Value: l.Latency.P99Ms, Unit: "ms"})
+		// The issue asks for these figures but sets no target for them. A
+		// run that could not keep its pace measured a backlog, not the
+		// latency at that rate: the name says so.
+		at := fmt.Sprintf("at %.0f msg/s", l.Latency.OfferedRate)
+		if l.Rate < 0.9*l.Latency.OfferedRate {
+			at = fmt.Sprintf("offered %.0f msg/s, sustained only %.0f", l.Latency.OfferedRate, l.Rate)
+		}
+		r.add(Comparison{Name: "relay: commit to downstream handler p50 " + at, Of: resultRelayLatency, Value: l.Latency.P50Ms, Unit: "ms"})
+		r.add(Comparison{Name: "relay: commit to downstream handler p99 " + at, Of: resultRelayLatency, Value: l.Latency.P99Ms, Unit: "ms"})
 	}
 	scaleName := fmt.Sprintf("%s pending vs %s", shortCount(r.Options.ScaleRows), shortCount(r.Options.Messages))
 	ratio(scaleName+": rate", resultScaleInbox, resultProcessingInbox, ">=", targetScaleVsBase)
