@@ -33,8 +33,9 @@ type RelayConfig struct {
 
 	// BatchSize is how many messages one claim takes (at most one per
 	// stream). While a full claim's confirms come and it is recorded, the
-	// relay claims and publishes the next, so up to twice BatchSize messages
-	// wait for their confirms. Defaults to DefaultRelayBatchSize.
+	// relay claims and publishes the next ones, so up to three times
+	// BatchSize messages, bodies included, are held in memory and wait for
+	// their confirms. Defaults to DefaultRelayBatchSize.
 	BatchSize int
 	// PollInterval is how often an idle relay looks for messages without a
 	// wake-up. Defaults to DefaultRelayPollInterval.
