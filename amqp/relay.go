@@ -263,8 +263,9 @@ func (r *Relay) session(ctx context.Context, gen uint64) (healthy bool, err erro
 
 // claimable reports whether the session may claim another batch: the
 // window has room, and the newest batch in flight took all it could (a
-// partial one means nothing more was ready). Never beside a batch
-// isolating a refused message.
+// partial one means nothing more was ready) and was published whole (else
+// the channel is failing). Never beside a batch isolating a refused
+// message.
 func (s *relaySession) claimable(ctx context.Context, inflight []*relayBatch) bool {
 	if ctx.Err() != nil || len(inflight) >= relayWindow {
 		return false
@@ -272,7 +273,8 @@ func (s *relaySession) claimable(ctx context.Context, inflight []*relayBatch) bo
 	if len(inflight) == 0 {
 		return true
 	}
-	return inflight[len(inflight)-1].full() && s.r.isolate == 0
+	newest := inflight[len(inflight)-1]
+	return newest.full() && newest.pubErr == nil && s.r.isolate == 0
 }
 
 func (s *relaySession) close() {
