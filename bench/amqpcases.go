@@ -309,48 +309,12 @@ func runLatency(ctx context.Context, br *broker, total int, rate float64, bodySi
 
 	cfg.Schema = schema
 	cfg.Logger = quietLogger()
-	in, err := inbox.New(pool, cfg)
+	// The body carries the publication time.
+	c, stopConsumer, err := startLatencyConsumer(ctx, br, pool, queue, total, cfg, rcfg,
+		func(m *inbox.Message) (time.Time, bool) { return sentAt(m.Body) })
+	defer stopConsumer()
 	if err != nil {
 		return Result{}, err
-	}
-	var lat, toStore, toHandler latencies
-	c := newCounter(total)
-	in.Handle(benchTopic, func(_ context.Context, _ pgx.Tx, m *inbox.Message) error {
-		now := time.Now()
-		// Only a message's first attempt counts; none should fail here.
-		if sent, ok := sentAt(m.Body); ok && m.Attempt == 1 {
-			lat.add(now.Sub(sent))
-			toStore.add(m.ReceivedAt.Sub(sent))
-			toHandler.add(now.Sub(m.ReceivedAt))
-		}
-		c.add()
-		return nil
-	})
-	if err := in.Start(ctx); err != nil {
-		return Result{}, err
-	}
-	defer func() {
-		stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := in.Stop(stopCtx); err != nil {
-			logf("warning: stop inbox: %v", err)
-		}
-	}()
-	rcv, err := amqp.NewReceiver(in, rcfg(queue))
-	if err != nil {
-		return Result{}, err
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	wait := runReceiver(runCtx, rcv)
-	defer func() { stop(); _ = wait() }()
-	// Publishing starts once the receiver consumes, so its connection set-up
-	// does not count as latency.
-	if err := pollUntil(ctx, 30*time.Second, 10*time.Millisecond, func() bool {
-		q, err := br.inspect(queue)
-		return err == nil && q.Consumers > 0
-	}); err != nil {
-		return Result{}, fmt.Errorf("receiver did not start consuming: %w", err)
 	}
 
 	start := time.Now()
@@ -359,19 +323,15 @@ func runLatency(ctx context.Context, br *broker, total int, rate float64, bodySi
 	}
 	published := time.Since(start)
 	select {
-	case <-c.reached:
+	case <-c.handled.reached:
 	case <-ctx.Done():
 		return Result{}, ctx.Err()
 	case <-time.After(2*time.Minute + published):
-		return Result{}, fmt.Errorf("%d of %d messages handled after %s", c.n.Load(), total, 2*time.Minute)
+		return Result{}, fmt.Errorf("%d of %d messages handled after %s", c.handled.n.Load(), total, 2*time.Minute)
 	}
 	elapsed := time.Since(start)
-	l := lat.summary()
-	s, h := toStore.summary(), toHandler.summary()
-	l.ToStoreP50Ms, l.ToStoreP99Ms, l.ToHandlerP50Ms, l.ToHandlerP99Ms = s.P50Ms, s.P99Ms, h.P50Ms, h.P99Ms
-	l.OfferedRate = rate
-	l.AchievedRate = float64(total) / elapsed.Seconds()
-	settings := receiverSettings(rcv.Config()) + fmt.Sprintf(", inbox Workers=%d BatchSize=%d", in.Config().Workers, in.Config().BatchSize)
+	l := c.summary(rate, total, elapsed)
+	settings := receiverSettings(c.rcv.Config()) + fmt.Sprintf(", inbox Workers=%d BatchSize=%d", c.in.Config().Workers, c.in.Config().BatchSize)
 	if rate == 0 {
 		settings += fmt.Sprintf(", %d messages published at once (%.0f msg/s publishing)", total, float64(total)/published.Seconds())
 	} else {

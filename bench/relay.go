@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"golang.org/x/sync/errgroup"
 
@@ -128,17 +129,8 @@ func runRelayThroughput(ctx context.Context, br *broker, n, bodySize, batch int)
 		return Result{}, err
 	}
 	defer pool.Close()
-	schema, drop, err := inboxSchema(ctx, pool, "bench_relay")
-	if err != nil {
-		return Result{}, err
-	}
-	defer drop()
-	queue, del, err := br.declareQueue("bench_relay")
-	if err != nil {
-		return Result{}, err
-	}
-	defer del()
-	ob, err := inbox.NewOutbox(pool, inbox.OutboxConfig{Schema: schema, Logger: quietLogger()})
+	_, queue, ob, cleanup, err := relayFixture(ctx, br, pool, "bench_relay")
+	defer cleanup()
 	if err != nil {
 		return Result{}, err
 	}
@@ -183,6 +175,30 @@ func runRelayThroughput(ctx context.Context, br *broker, n, bodySize, batch int)
 	}, nil
 }
 
+// relayFixture makes a migrated schema named after prefix, with an Outbox
+// on it, and a durable queue. cleanup drops what was made; call it also
+// when err is not nil.
+func relayFixture(ctx context.Context, br *broker, pool *pgxpool.Pool, prefix string) (schema, queue string, ob *inbox.Outbox, cleanup func(), err error) {
+	var undo []func()
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	schema, drop, err := inboxSchema(ctx, pool, prefix)
+	if err != nil {
+		return "", "", nil, cleanup, err
+	}
+	undo = append(undo, drop)
+	queue, del, err := br.declareQueue(prefix)
+	if err != nil {
+		return "", "", nil, cleanup, err
+	}
+	undo = append(undo, del)
+	ob, err = inbox.NewOutbox(pool, inbox.OutboxConfig{Schema: schema, Logger: quietLogger()})
+	return schema, queue, ob, cleanup, err
+}
+
 // runRelayLatency enqueues total messages at rate per second, each in a
 // service transaction of its own (as a handler's would be), has a Relay
 // publish them to a queue that an inbox consumes, and records in that
@@ -194,54 +210,25 @@ func runRelayLatency(ctx context.Context, br *broker, total int, rate float64, b
 		return Result{}, err
 	}
 	defer pool.Close()
-	schema, drop, err := inboxSchema(ctx, pool, "bench_relay_latency")
-	if err != nil {
-		return Result{}, err
-	}
-	defer drop()
-	queue, del, err := br.declareQueue("bench_relay_latency")
-	if err != nil {
-		return Result{}, err
-	}
-	defer del()
-	ob, err := inbox.NewOutbox(pool, inbox.OutboxConfig{Schema: schema, Logger: quietLogger()})
+	schema, queue, ob, cleanup, err := relayFixture(ctx, br, pool, "bench_relay_latency")
+	defer cleanup()
 	if err != nil {
 		return Result{}, err
 	}
 	cfg.Schema = schema
 	cfg.Logger = quietLogger()
-	in, err := inbox.New(pool, cfg)
-	if err != nil {
-		return Result{}, err
-	}
-
 	// committing holds when each message's COMMIT was sent; it is stored
 	// before the commit, so the handler always finds it.
 	var committing sync.Map
-	var lat, toStore, toHandler latencies
-	c := newCounter(total)
-	in.Handle(benchTopic, func(_ context.Context, _ pgx.Tx, m *inbox.Message) error {
-		now := time.Now()
-		if v, ok := committing.Load(m.ID); ok && m.Attempt == 1 {
-			at := v.(time.Time)
-			lat.add(now.Sub(at))
-			toStore.add(m.ReceivedAt.Sub(at))
-			toHandler.add(now.Sub(m.ReceivedAt))
-		}
-		c.add()
-		return nil
-	})
-	if err := in.Start(ctx); err != nil {
-		return Result{}, err
-	}
-	defer func() {
-		stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := in.Stop(stopCtx); err != nil {
-			logf("warning: stop inbox: %v", err)
-		}
-	}()
-	rcv, err := amqp.NewReceiver(in, rcfg(queue))
+	c, stopConsumer, err := startLatencyConsumer(ctx, br, pool, queue, total, cfg, rcfg,
+		func(m *inbox.Message) (time.Time, bool) {
+			at, ok := committing.Load(m.ID)
+			if !ok {
+				return time.Time{}, false
+			}
+			return at.(time.Time), true
+		})
+	defer stopConsumer()
 	if err != nil {
 		return Result{}, err
 	}
@@ -251,14 +238,8 @@ func runRelayLatency(ctx context.Context, br *broker, total int, rate float64, b
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	waitRcv, waitRelay := runReceiver(runCtx, rcv), runRelay(runCtx, relay)
-	defer func() { stop(); _ = waitRcv(); _ = waitRelay() }()
-	if err := pollUntil(ctx, 30*time.Second, 10*time.Millisecond, func() bool {
-		q, err := br.inspect(queue)
-		return err == nil && q.Consumers > 0
-	}); err != nil {
-		return Result{}, fmt.Errorf("receiver did not start consuming: %w", err)
-	}
+	waitRelay := runRelay(runCtx, relay)
+	defer func() { stop(); _ = waitRelay() }()
 
 	run := uniqueName("m")
 	start := time.Now()
@@ -276,18 +257,14 @@ func runRelayLatency(ctx context.Context, br *broker, total int, rate float64, b
 	}
 	enqueued := time.Since(start)
 	select {
-	case <-c.reached:
+	case <-c.handled.reached:
 	case <-ctx.Done():
 		return Result{}, ctx.Err()
 	case <-time.After(2 * time.Minute):
-		return Result{}, fmt.Errorf("%d of %d messages handled 2m after the last enqueue", c.n.Load(), total)
+		return Result{}, fmt.Errorf("%d of %d messages handled 2m after the last enqueue", c.handled.n.Load(), total)
 	}
 	elapsed := time.Since(start)
-	l := lat.summary()
-	s, h := toStore.summary(), toHandler.summary()
-	l.ToStoreP50Ms, l.ToStoreP99Ms, l.ToHandlerP50Ms, l.ToHandlerP99Ms = s.P50Ms, s.P99Ms, h.P50Ms, h.P99Ms
-	l.OfferedRate = rate
-	l.AchievedRate = float64(total) / elapsed.Seconds()
+	l := c.summary(rate, total, elapsed)
 	rc := relay.Config()
 	return Result{
 		Messages: total,
@@ -295,7 +272,7 @@ func runRelayLatency(ctx context.Context, br *broker, total int, rate float64, b
 		Rate:     l.AchievedRate,
 		Latency:  &l,
 		Settings: fmt.Sprintf("%d messages enqueued over %s by %d producers, one transaction each; Relay BatchSize=%d PollInterval=%s with LISTEN; downstream %s, inbox Workers=%d BatchSize=%d; \"to store\" is commit to the downstream inbox row",
-			total, enqueued.Round(time.Millisecond), relayProducers, rc.BatchSize, rc.PollInterval, receiverSettings(rcv.Config()), in.Config().Workers, in.Config().BatchSize),
+			total, enqueued.Round(time.Millisecond), relayProducers, rc.BatchSize, rc.PollInterval, receiverSettings(c.rcv.Config()), c.in.Config().Workers, c.in.Config().BatchSize),
 	}, nil
 }
 
