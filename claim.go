@@ -30,14 +30,18 @@ func (c *claim) size() int {
 }
 
 // claim locks what one transaction works on. The same round trip sets the
-// claim's server-side limits (see limits.go) and tries the suspect claims
-// first: when one takes a suspect, the normal claims that follow take
-// nothing.
+// claim's server-side limits (see limits.go) and, when the pacer says so
+// (suspects.go), tries the suspect claims first: when one takes a suspect,
+// the normal claims that follow take nothing.
 func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim, error) {
+	lookedAt := time.Now()
+	look := e.suspects.due(lookedAt)
 	b := &pgx.Batch{}
 	b.Queue(setClaimLimits, e.cfg.claimLimitArg())
-	b.Queue(e.sql.claimSuspect, topics)
-	b.Queue(e.sql.claimSuspectStream, topics)
+	if look {
+		b.Queue(e.sql.claimSuspect, topics)
+		b.Queue(e.sql.claimSuspectStream, topics)
+	}
 	b.Queue(e.sql.claimUnordered, e.cfg.BatchSize, topics)
 	b.Queue(e.sql.claimStreams, e.cfg.StreamsPerClaim, topics)
 	b.Queue(sqlClock)
@@ -47,13 +51,13 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	var suspects []*Message
 	var suspectStreams []*streamWork
 	var deaths []int
-	if err == nil {
+	if err == nil && look {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
 			suspects, err = pgx.CollectRows(rows, scanSuspect)
 		}
 	}
-	if err == nil {
+	if err == nil && look {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
 			var s streamWork
@@ -85,6 +89,9 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	}
 	if err != nil {
 		return nil, fmt.Errorf("claim messages: %w", err)
+	}
+	if look {
+		e.suspects.looked(lookedAt, len(suspects)+len(suspectStreams) > 0)
 	}
 	c.starts.until = c.claimedAt.Add(e.cfg.BatchBudget)
 	if len(suspects)+len(suspectStreams) > 0 {

@@ -131,7 +131,7 @@ func TestOutboxClaimReadsOnlyWhatItReturns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	returned, read := explainRows(t, ctx, pool, "outbox_messages", claimInIndexOrder, ob.sql.claim, limit)
+	returned, read := explainRows(t, ctx, pool, "outbox_messages", inIndexOrder, ob.sql.claim, limit)
 	if returned != limit {
 		t.Errorf("the claim returned %d rows, want %d", returned, limit)
 	}
@@ -147,6 +147,100 @@ func TestOutboxClaimReadsOnlyWhatItReturns(t *testing.T) {
 	for i := 1; i < len(c.Messages); i++ {
 		if c.Messages[i].RowID <= c.Messages[i-1].RowID {
 			t.Fatalf("claim out of enqueue order at %d: %d after %d", i, c.Messages[i].RowID, c.Messages[i-1].RowID)
+		}
+	}
+}
+
+// TestKeyedStatementsUnderStaleStatistics: statements that work on given
+// messages or streams must find them through their keys whatever the
+// statistics say. Here, as in a soak, the tables were analyzed while
+// almost nothing was pending, and then a burst arrived: the planner then
+// takes every partial index of pending rows for nearly empty, and a full
+// scan of one, checking each entry against the key, costs no more than a
+// lookup. Every claim, settle and stream refresh then cost the backlog,
+// and a growing backlog made them slower still (stalls of seconds).
+func TestKeyedStatementsUnderStaleStatistics(t *testing.T) {
+	t.Parallel()
+	t.Run("analyzed when nearly empty", func(t *testing.T) { testKeyedStatements(t, true) })
+	t.Run("never analyzed", func(t *testing.T) { testKeyedStatements(t, false) })
+}
+
+func testKeyedStatements(t *testing.T, analyze bool) {
+	t.Parallel()
+	pool, schema := testenv.Schema(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	in, err := New(pool, Config{Schema: schema, DisableListen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Handle("t", func(context.Context, pgx.Tx, *Message) error { return nil })
+	q := sqlident.Quote(schema)
+	// A queue in its steady state: many rows handled, almost none pending.
+	var handled []Message
+	for i := range 2000 {
+		handled = append(handled, Message{ID: fmt.Sprintf("h-%d", i), Topic: "t", Stream: fmt.Sprintf("h-%d", i%50), Seq: int64(i/50 + 1)})
+	}
+	if _, err := in.Store(ctx, handled...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE `+q+`.inbox_messages SET state = 'done', processed_at = now() WHERE message_id <> 'h-0'`); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"inbox_messages", "inbox_streams", "inbox_stream_heads", "inbox_attempt_starts"} {
+		if !analyze {
+			break
+		}
+		// Statistics from then: nearly nothing pending.
+		if _, err := pool.Exec(ctx, `VACUUM ANALYZE `+q+`.`+table); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const backlog = 4000
+	var msgs []Message
+	for i := range backlog / 2 {
+		msgs = append(msgs,
+			Message{ID: fmt.Sprintf("u-%d", i), Topic: "t"},
+			Message{ID: fmt.Sprintf("s-%d", i), Topic: "t", Stream: fmt.Sprintf("s-%d", i%50), Seq: int64(i/50 + 1)})
+	}
+	for from := 0; from < len(msgs); from += 500 {
+		if _, err := in.Store(ctx, msgs[from:min(from+500, len(msgs))]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two suspects, one of each kind: started, and held by no claim.
+	if _, err := pool.Exec(ctx, `INSERT INTO `+q+`.inbox_attempt_starts (id, deaths)
+SELECT id, 0 FROM `+q+`.inbox_messages WHERE message_id IN ('u-7', 's-7')`); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := pool.QueryRow(ctx, `SELECT id FROM `+q+`.inbox_messages WHERE message_id = 'u-9'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	topics := []string{"t"}
+	one := []string{"s-7"}
+	for _, c := range []struct {
+		name     string
+		sql      string
+		args     []any
+		want     int    // rows the statement returns
+		readable int    // rows of inbox_messages it may read
+		before   string // a statement before it, as its caller runs it
+	}{
+		{"suspect claim", in.e.sql.claimSuspect, []any{topics}, 1, 2, ""},
+		{"suspect stream claim", in.e.sql.claimSuspectStream, []any{topics}, 1, 2, ""},
+		{"stream load", in.e.sql.loadStream, []any{DefaultSource, "s-7", 5, int64(1)}, 5, 6, ""},
+		{"head refresh", in.e.sql.refreshHeads, []any{[]string{DefaultSource}, one}, 0, 3, ""},
+		{"retention cleanup", in.e.sql.cleanup, []any{0.0, 10}, 0, 20, inIndexOrder},
+		{"broken attempt", in.e.sql.countBrokenAttempt, []any{id, 0, "x", 1.0, false, ""}, 1, 2, ""},
+	} {
+		returned, read := explainRows(t, ctx, pool, "inbox_messages", c.before, c.sql, c.args...)
+		if returned != c.want {
+			t.Errorf("%s returned %d rows, want %d", c.name, returned, c.want)
+		}
+		if read > c.readable {
+			t.Errorf("%s read %d rows of inbox_messages beside a backlog of %d; it must find its rows by their keys",
+				c.name, read, backlog)
 		}
 	}
 }

@@ -29,6 +29,41 @@ type beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
+// inIndexOrder makes the statement that follows it, in the same
+// transaction, walk an index in order and stop at its limit. When a table's
+// statistics lag behind a burst of rows (a new table, a backlog grown since
+// the last ANALYZE), the planner expects fewer matching rows than the limit,
+// so it reads them all and sorts them: every batch then costs the whole
+// backlog (25 ms for 20,000 rows, against 1 ms, for the relay's claim).
+// Without a sort there is no such plan.
+const inIndexOrder = `SELECT set_config('enable_sort', 'off', true)`
+
+// execInIndexOrder runs sql, a statement that takes a batch in an index's
+// order, in a transaction of its own after inIndexOrder.
+func execInIndexOrder(ctx context.Context, db beginner, sql string, args ...any) (pgconn.CommandTag, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	defer rollback(tx)
+	b := &pgx.Batch{}
+	b.Queue(inIndexOrder)
+	b.Queue(sql, args...)
+	br := tx.SendBatch(ctx, b)
+	_, err = br.Exec()
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return tag, tx.Commit(ctx)
+}
+
 // rollback ends tx. The context that broke the transaction may be done, so
 // it rolls back on a fresh, bounded one. An error means the connection is
 // gone, and the server has rolled back by itself.

@@ -102,8 +102,8 @@ func (e *engine) insert(ctx context.Context, db querier, msgs []Message) ([]fate
 
 // cleanup deletes one batch of processed rows older than the retention
 // window and reports how many it deleted.
-func (e *engine) cleanup(ctx context.Context, db execer) (int64, error) {
-	tag, err := db.Exec(ctx, e.sql.cleanup, e.cfg.Retention.Seconds(), e.cfg.CleanupBatch)
+func (e *engine) cleanup(ctx context.Context, db beginner) (int64, error) {
+	tag, err := execInIndexOrder(ctx, db, e.sql.cleanup, e.cfg.Retention.Seconds(), e.cfg.CleanupBatch)
 	if err != nil {
 		return 0, fmt.Errorf("inbox: delete processed rows past retention: %w", err)
 	}

@@ -19,6 +19,7 @@ type engine struct {
 	handlers *handlers
 	wake     *wakeup
 	gate     *gate
+	suspects suspectPacer
 	side     *sideConn
 	tel      *telemetry
 	hooks    testHooks

@@ -60,7 +60,7 @@ func (e *engine) maintainOnce(ctx context.Context) error {
 }
 
 // cleanupAll deletes processed rows past retention, batch by batch.
-func (e *engine) cleanupAll(ctx context.Context, db execer) error {
+func (e *engine) cleanupAll(ctx context.Context, db beginner) error {
 	for {
 		deleted, err := e.cleanup(ctx, db)
 		if err != nil {

@@ -49,15 +49,6 @@ type OutboxFailure struct {
 	Dead bool
 }
 
-// claimInIndexOrder makes the claim that follows it, in the same
-// transaction, walk the pending index in order and stop at its limit. When
-// the table's statistics lag behind a burst of enqueues (a new table, a
-// backlog grown since the last ANALYZE), the planner expects fewer pending
-// rows than the limit, so it reads them all and sorts them: every claim
-// then costs the whole backlog (25 ms for 20,000 rows, against 1 ms).
-// Without a sort there is no such plan.
-const claimInIndexOrder = `SELECT set_config('enable_sort', 'off', true)`
-
 // Claim locks up to limit publishable messages: unordered ones, and of each
 // stream only the first unsent one. It returns a claim with no messages when
 // there is nothing to do (Release is then optional).
@@ -70,7 +61,7 @@ func (o *Outbox) Claim(ctx context.Context, limit int) (*OutboxClaim, error) {
 		return nil, fmt.Errorf("inbox: begin outbox claim: %w", err)
 	}
 	b := &pgx.Batch{}
-	b.Queue(claimInIndexOrder)
+	b.Queue(inIndexOrder) // see db.go
 	b.Queue(o.sql.claim, limit)
 	br := tx.SendBatch(ctx, b)
 	_, err = br.Exec()
@@ -178,7 +169,7 @@ func (o *Outbox) Listen(ctx context.Context) {
 func (o *Outbox) CleanupSent(ctx context.Context) (int64, error) {
 	var total int64
 	for {
-		tag, err := o.pool.Exec(ctx, o.sql.cleanup, o.cfg.Retention.Seconds(), o.cfg.CleanupBatch)
+		tag, err := execInIndexOrder(ctx, o.pool, o.sql.cleanup, o.cfg.Retention.Seconds(), o.cfg.CleanupBatch)
 		if err != nil {
 			return total, fmt.Errorf("inbox: delete sent outgoing messages past retention: %w", err)
 		}

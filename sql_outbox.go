@@ -82,6 +82,7 @@ WHERE id = $1 AND state = 'pending'`)
 DELETE FROM {schema}.outbox_messages WHERE id IN (
     SELECT id FROM {schema}.outbox_messages
     WHERE state = 'sent' AND sent_at < now() - make_interval(secs => $1)
+    ORDER BY sent_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED)`)
 

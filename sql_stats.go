@@ -7,6 +7,10 @@ import "strings"
 type statsQueries struct{ topics, pending, running, streams, streamGauges string }
 
 // newStatsQueries builds the queries of Stats and of the backlog gauges.
+// They read the indexes made for them (migration 010), whose condition
+// requires a non-empty topic: each query states that too, or it cannot use
+// them. The workers' statements never do, so the planner cannot take these
+// indexes for theirs (see the migration).
 func newStatsQueries(r *strings.Replacer) statsQueries {
 	// The topics are found by a skip scan: each step jumps to the next
 	// topic in the index, so the cost grows with the number of topics,
@@ -14,17 +18,17 @@ func newStatsQueries(r *strings.Replacer) statsQueries {
 	const topicList = `
 WITH RECURSIVE
 pending_topics AS (
-    (SELECT topic, 1 AS n FROM {schema}.inbox_messages WHERE state = 'pending' ORDER BY topic LIMIT 1)
+    (SELECT topic, 1 AS n FROM {schema}.inbox_messages WHERE state = 'pending' AND topic <> '' ORDER BY topic LIMIT 1)
     UNION ALL
     SELECT (SELECT m.topic FROM {schema}.inbox_messages m
-            WHERE m.state = 'pending' AND m.topic > p.topic ORDER BY m.topic LIMIT 1), p.n + 1
+            WHERE m.state = 'pending' AND m.topic <> '' AND m.topic > p.topic ORDER BY m.topic LIMIT 1), p.n + 1
     FROM pending_topics p WHERE p.topic IS NOT NULL AND p.n < $1
 ),
 finished_topics AS (
-    (SELECT topic, 1 AS n FROM {schema}.inbox_messages WHERE state IN ('done', 'dead') ORDER BY topic LIMIT 1)
+    (SELECT topic, 1 AS n FROM {schema}.inbox_messages WHERE state IN ('done', 'dead') AND topic <> '' ORDER BY topic LIMIT 1)
     UNION ALL
     SELECT (SELECT m.topic FROM {schema}.inbox_messages m
-            WHERE m.state IN ('done', 'dead') AND m.topic > f.topic ORDER BY m.topic LIMIT 1), f.n + 1
+            WHERE m.state IN ('done', 'dead') AND m.topic <> '' AND m.topic > f.topic ORDER BY m.topic LIMIT 1), f.n + 1
     FROM finished_topics f WHERE f.topic IS NOT NULL AND f.n < $1
 ),
 topics AS (
@@ -39,12 +43,12 @@ topics AS (
 	const pendingColumns = `
     p.ready, p.scheduled,
     coalesce((SELECT extract(epoch FROM now() - min(m.received_at))::float8 FROM {schema}.inbox_messages m
-        WHERE m.state = 'pending' AND m.topic = t.topic), 0)`
+        WHERE m.state = 'pending' AND m.topic <> '' AND m.topic = t.topic), 0)`
 	const pendingJoin = `
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE x.run_at <= now()) AS ready, count(*) FILTER (WHERE x.run_at > now()) AS scheduled
     FROM (SELECT m.run_at FROM {schema}.inbox_messages m
-          WHERE m.state = 'pending' AND m.topic = t.topic LIMIT $2) x
+          WHERE m.state = 'pending' AND m.topic <> '' AND m.topic = t.topic LIMIT $2) x
 ) p`
 	return statsQueries{
 		pending: r.Replace(topicList + `
@@ -55,11 +59,11 @@ ORDER BY t.topic`),
 		topics: r.Replace(topicList + `
 SELECT t.topic,` + pendingColumns + `,
     (SELECT count(*) FROM (SELECT 1 FROM {schema}.inbox_messages m
-        WHERE m.state IN ('done', 'dead') AND m.topic = t.topic AND m.state = 'done' LIMIT $2) x),
+        WHERE m.state IN ('done', 'dead') AND m.topic <> '' AND m.topic = t.topic AND m.state = 'done' LIMIT $2) x),
     (SELECT count(*) FROM (SELECT 1 FROM {schema}.inbox_messages m
-        WHERE m.state IN ('done', 'dead') AND m.topic = t.topic AND m.state = 'dead' LIMIT $2) x),
+        WHERE m.state IN ('done', 'dead') AND m.topic <> '' AND m.topic = t.topic AND m.state = 'dead' LIMIT $2) x),
     (SELECT count(*) FROM (SELECT 1 FROM {schema}.inbox_messages m
-        WHERE m.state IN ('done', 'dead') AND m.topic = t.topic AND m.state = 'done'
+        WHERE m.state IN ('done', 'dead') AND m.topic <> '' AND m.topic = t.topic AND m.state = 'done'
           AND m.processed_at >= now() - interval '1 minute' LIMIT $2) x)
 FROM topics t` + pendingJoin + `
 ORDER BY t.topic`),
@@ -92,7 +96,7 @@ unordered AS (
 stream_heads AS (
     SELECT DISTINCT h.source, h.stream FROM (
         SELECT m.source, m.stream FROM {schema}.inbox_messages m
-        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
+        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.topic <> '' AND m.run_at <= now()
         ORDER BY m.run_at, m.id LIMIT $1) h
 ),
 held AS (
@@ -113,13 +117,13 @@ WITH busy AS (
 stream_heads AS (
     SELECT DISTINCT h.source, h.stream FROM (
         SELECT m.source, m.stream FROM {schema}.inbox_messages m
-        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
+        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.topic <> '' AND m.run_at <= now()
         ORDER BY m.run_at, m.id LIMIT $2) h
 ),
 lag AS (
     SELECT m.source, m.stream, extract(epoch FROM now() - m.run_at)::float8 AS seconds
     FROM {schema}.inbox_messages m
-    WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
+    WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.topic <> '' AND m.run_at <= now()
     ORDER BY m.run_at, m.id LIMIT 1
 )
 SELECT
@@ -137,7 +141,7 @@ SELECT
     (SELECT count(*) FROM {schema}.inbox_streams WHERE parked_at IS NOT NULL),
     (SELECT count(*) FROM {schema}.inbox_streams WHERE gap_since IS NOT NULL AND parked_at IS NULL),
     coalesce((SELECT extract(epoch FROM now() - m.run_at)::float8 FROM {schema}.inbox_messages m
-        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now()
+        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.topic <> '' AND m.run_at <= now()
         ORDER BY m.run_at, m.id LIMIT 1), 0)`),
 	}
 }

@@ -63,10 +63,14 @@ notified AS (
 SELECT source, message_id, state = 'dead' FROM inserted
 WHERE (SELECT count(*) FROM notified) >= 0`)
 
+	// Oldest first, along the done index: the scan stops at the batch's
+	// end. Without the order the planner may walk the table from its
+	// start, through every row still kept, for each batch.
 	q.cleanup = r.Replace(`
 DELETE FROM {schema}.inbox_messages WHERE id IN (
     SELECT id FROM {schema}.inbox_messages
     WHERE state = 'done' AND processed_at < now() - make_interval(secs => $1)
+    ORDER BY processed_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED)`)
 	return q

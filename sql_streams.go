@@ -159,7 +159,7 @@ ORDER BY s.source, s.stream LIMIT $4`)
 WITH heads AS (
     SELECT DISTINCT h.source, h.stream FROM (
         SELECT m.source, m.stream FROM {schema}.inbox_messages m
-        WHERE m.state = 'pending' AND m.stream IS NOT NULL
+        WHERE m.state = 'pending' AND m.stream IS NOT NULL AND m.topic <> '' -- the views' index (migration 010)
         ORDER BY m.run_at, m.id LIMIT $2) h
 )
 SELECT `) + cols + r.Replace(`

@@ -16,38 +16,51 @@ func newWorkerQueries(r *strings.Replacer) (q workerQueries) {
 	// Suspects that fewer deaths weigh on go first, so the innocent
 	// batch-mates of a message that kills the process run before it
 	// does again. SKIP LOCKED passes over the rows of live claims. The
-	// outer SELECT sets the flag only for the row returned. The
-	// messages are found by their ids, from the (usually empty) starts
-	// table: a plain join may be planned as a scan of all messages.
+	// outer SELECT sets the flag only for the row returned.
+	//
+	// Both claims walk the attempt starts (few: the live claims' and the
+	// dead ones'), fewest deaths first, and look each message up by its id
+	// alone, in a subquery per start: its other conditions are checked
+	// outside (OFFSET 0 keeps them there), since any of them could let
+	// the planner, on statistics that say nothing is pending, scan a
+	// partial index of pending rows for the id instead, and every claim
+	// then cost the backlog. The unordered claim locks the message in that
+	// lookup, so a message whose start lingers but that cannot run now
+	// (waiting for a retry, or finished) may stay locked, unrun, until
+	// the claim commits. LIMIT 1 stops at the first row taken.
 	q.claimSuspect = r.Replace(`
-SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at, c.deaths,
+SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at, a.deaths,
        set_config('` + soloFlag + `', 'on', true) IS NOT NULL
-FROM (
-    SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, a.deaths
+FROM (SELECT id, deaths FROM {schema}.inbox_attempt_starts ORDER BY deaths, id) a
+CROSS JOIN LATERAL (
+    SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, m.state, m.run_at
     FROM {schema}.inbox_messages m
-    JOIN {schema}.inbox_attempt_starts a ON a.id = m.id
-    WHERE m.id = ANY (ARRAY(SELECT id FROM {schema}.inbox_attempt_starts)) AND m.state = 'pending' AND m.stream IS NULL AND m.run_at <= now() AND m.topic = ANY($1)
-    ORDER BY a.deaths, m.run_at, m.id
-    LIMIT 1
-    FOR UPDATE OF m SKIP LOCKED
-) c`)
+    WHERE m.id = a.id AND m.stream IS NULL AND m.topic = ANY($1)
+    OFFSET 0
+    FOR UPDATE SKIP LOCKED
+) c
+WHERE c.state = 'pending' AND c.run_at <= now()
+LIMIT 1`)
 
 	// An ordered suspect runs only at its stream's watermark, under the
 	// stream's lock like any ordered message.
 	q.claimSuspectStream = r.Replace(`
-SELECT c.source, c.stream, c.next_seq, c.in_gap, c.deaths,
+SELECT c.source, c.stream, c.next_seq, c.in_gap, a.deaths,
        set_config('` + soloFlag + `', 'on', true) IS NOT NULL
-FROM (
-    SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL AS in_gap, a.deaths
-    FROM {schema}.inbox_messages m
-    JOIN {schema}.inbox_attempt_starts a ON a.id = m.id
+FROM (SELECT id, deaths FROM {schema}.inbox_attempt_starts
+      WHERE current_setting('` + soloFlag + `', true) IS DISTINCT FROM 'on'
+      ORDER BY deaths, id) a
+CROSS JOIN LATERAL (
+    SELECT s.source, s.stream, s.next_seq, s.gap_since IS NOT NULL AS in_gap
+    FROM (SELECT m.source, m.stream, m.seq, m.state, m.run_at
+          FROM {schema}.inbox_messages m
+          WHERE m.id = a.id AND m.stream IS NOT NULL AND m.topic = ANY($1)
+          OFFSET 0) m
     JOIN {schema}.inbox_streams s ON s.source = m.source AND s.stream = m.stream AND s.next_seq = m.seq
-    WHERE m.id = ANY (ARRAY(SELECT id FROM {schema}.inbox_attempt_starts)) AND m.state = 'pending' AND m.stream IS NOT NULL AND m.run_at <= now() AND m.topic = ANY($1)
-      AND s.parked_at IS NULL AND current_setting('` + soloFlag + `', true) IS DISTINCT FROM 'on'
-    ORDER BY a.deaths, m.run_at, m.id
-    LIMIT 1
+    WHERE m.state = 'pending' AND m.run_at <= now() AND s.parked_at IS NULL
     FOR UPDATE OF s SKIP LOCKED
-) c`)
+) c
+LIMIT 1`)
 
 	// Per handled topic, through that topic's range of the index, so
 	// rows of topics without a handler here are never read. Each topic
@@ -93,14 +106,22 @@ ORDER BY c.ready_at
 LIMIT $1`)
 
 	// $4 is the watermark, read under the stream's lock: only rows
-	// below it look for a skipped range.
+	// below it look for a skipped range. The stream's index gives its
+	// messages in sequence order, so the scan stops after $3 of them (and
+	// any that share the last one's sequence number): a stream's backlog
+	// is not read beyond what the claim takes.
 	q.loadStream = r.Replace(`
 SELECT m.id, m.message_id, m.topic, m.seq, m.headers, m.body, m.attempts, m.received_at, m.run_at <= now(),
        m.out_of_order, CASE WHEN m.seq < $4 THEN coalesce(` + lateArrival("m") + `, '') ELSE '' END
-FROM {schema}.inbox_messages m
-WHERE m.source = $1 AND m.stream = $2 AND m.state = 'pending' AND m.stream IS NOT NULL
-ORDER BY m.seq, m.id
-LIMIT $3`)
+FROM (
+    SELECT m.id, m.source, m.stream, m.message_id, m.topic, m.seq, m.headers, m.body, m.attempts, m.received_at,
+           m.run_at, m.out_of_order
+    FROM {schema}.inbox_messages m
+    WHERE m.source = $1 AND m.stream = $2 AND m.state = 'pending' AND m.stream IS NOT NULL
+    ORDER BY m.seq
+    FETCH FIRST $3 ROWS WITH TIES
+) m
+ORDER BY m.seq, m.id`)
 
 	// Autocommit, on a connection other than the claim's. The row must
 	// outlive the client process, not a server crash, so the commit does
