@@ -84,9 +84,10 @@ type SoakBucket struct {
 	Rows               int64   `json:"rows"`
 	StreamRows         int64   `json:"stream_rows"`
 	DeadTuples         int64   `json:"dead_tuples"`
-	// OldestSnapshotSeconds is the age of the oldest transaction on the
-	// server that holds a snapshot: vacuum can remove no row version
-	// deleted after it began, whoever runs it.
+	// OldestSnapshotSeconds is the age of the oldest client transaction
+	// on the server that holds a snapshot: vacuum can remove no row
+	// version deleted after it began, whoever runs it. (Autovacuum's own
+	// workers hold one too, but other vacuums and pruning pass over it.)
 	OldestSnapshotSeconds float64 `json:"oldest_snapshot_seconds"`
 	RSSMiB                float64 `json:"rss_mib"`
 	HeapInuseMiB          float64 `json:"heap_inuse_mib"`
@@ -286,7 +287,7 @@ SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass), pg_total_rela
        coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass), 0),
        (SELECT count(*) FROM ` + q + `.inbox_messages), (SELECT count(*) FROM ` + q + `.inbox_streams),
        coalesce((SELECT greatest(extract(epoch FROM now() - min(xact_start)), 0) FROM pg_stat_activity
-                 WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()), 0)`,
+                 WHERE backend_xmin IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()), 0)`,
 	}
 }
 
