@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/inboxkit/inbox/internal/sqlident"
 	"github.com/inboxkit/inbox/internal/testenv"
@@ -21,14 +22,7 @@ import (
 // statements need.
 func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 	t.Parallel()
-	pool, schema := testenv.Schema(t, 4)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	in, err := New(pool, Config{Schema: schema, DisableListen: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Handle("t", func(context.Context, pgx.Tx, *Message) error { return nil })
+	ctx, pool, schema, in := newPlanFixture(t)
 	const blocked = 1000
 	var msgs []Message
 	for i := range blocked {
@@ -67,6 +61,21 @@ func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 			t.Errorf("%s read %d rows of inbox_messages beside %d blocked ones; it must read only what it returns", c.name, read, 2*blocked)
 		}
 	}
+}
+
+// newPlanFixture makes an Inbox on a schema of its own with a handler for
+// topic "t", for the tests that read plans.
+func newPlanFixture(t *testing.T) (context.Context, *pgxpool.Pool, string, *Inbox) {
+	t.Helper()
+	pool, schema := testenv.Schema(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	in, err := New(pool, Config{Schema: schema, DisableListen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Handle("t", func(context.Context, pgx.Tx, *Message) error { return nil })
+	return ctx, pool, schema, in
 }
 
 // explainRows runs sql under EXPLAIN ANALYZE, in a transaction rolled back
@@ -167,14 +176,7 @@ func TestKeyedStatementsUnderStaleStatistics(t *testing.T) {
 
 func testKeyedStatements(t *testing.T, analyze bool) {
 	t.Parallel()
-	pool, schema := testenv.Schema(t, 4)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	in, err := New(pool, Config{Schema: schema, DisableListen: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Handle("t", func(context.Context, pgx.Tx, *Message) error { return nil })
+	ctx, pool, schema, in := newPlanFixture(t)
 	q := sqlident.Quote(schema)
 	// A queue in its steady state: many rows handled, almost none pending.
 	var handled []Message

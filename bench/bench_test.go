@@ -115,6 +115,9 @@ func TestSoakSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !rep.hasFigures() {
+		t.Fatal("a soak at a given rate must have figures to write (runMain writes nothing otherwise)")
+	}
 	if err := writeOutputs(rep, opts); err != nil {
 		t.Fatal(err)
 	}

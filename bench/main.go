@@ -181,12 +181,18 @@ func runMain(ctx context.Context, opts Options) error {
 		defer pprof.StopCPUProfile()
 	}
 	rep, err := run(ctx, opts)
-	if rep != nil && len(rep.Results) > 0 {
+	if rep.hasFigures() {
 		if werr := writeOutputs(rep, opts); werr != nil {
 			return errors.Join(err, werr)
 		}
 	}
 	return err
+}
+
+// hasFigures reports whether rep holds anything to write: results, or a
+// soak (which, run at a given rate, records no result).
+func (r *Report) hasFigures() bool {
+	return r != nil && (len(r.Results) > 0 || r.Soak != nil)
 }
 
 // writeOutputs prints the tables and writes the files asked for.
