@@ -42,7 +42,8 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 		b.Queue(e.sql.claimSuspect, topics)
 		b.Queue(e.sql.claimSuspectStream, topics)
 	}
-	b.Queue(e.sql.claimUnordered, e.cfg.BatchSize, topics)
+	floors, fromStart := e.floors.forClaim(lookedAt, topics)
+	b.Queue(e.sql.claimUnordered, e.cfg.BatchSize, topics, floors)
 	b.Queue(e.sql.claimStreams, e.cfg.StreamsPerClaim, topics)
 	b.Queue(sqlClock)
 	br := tx.SendBatch(ctx, b)
@@ -51,6 +52,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	var suspects []*Message
 	var suspectStreams []*streamWork
 	var deaths []int
+	oldest := map[string]time.Time{} // per topic, of the unordered messages returned
 	if err == nil && look {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
@@ -74,7 +76,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	if err == nil {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
-			c.unordered, err = pgx.CollectRows(rows, scanUnordered)
+			c.unordered, err = collectUnordered(rows, oldest)
 		}
 	}
 	if err == nil {
@@ -93,6 +95,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	if look {
 		e.suspects.looked(lookedAt, len(suspects)+len(suspectStreams) > 0)
 	}
+	e.floors.claimed(oldest, fromStart)
 	c.starts.until = c.claimedAt.Add(e.cfg.BatchBudget)
 	if len(suspects)+len(suspectStreams) > 0 {
 		c.starts.solo = true
@@ -116,13 +119,21 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	return c, nil
 }
 
-func scanUnordered(row pgx.CollectableRow) (*Message, error) {
-	m := &Message{}
-	var headers map[string]string
-	err := row.Scan(&m.RowID, &m.Source, &m.ID, &m.Topic, &headers, &m.Body, &m.Attempt, &m.ReceivedAt)
-	m.Headers = headers
-	m.Attempt++
-	return m, err
+// collectUnordered reads the rows of claimUnordered and notes, per topic,
+// the run_at of the oldest in oldest.
+func collectUnordered(rows pgx.Rows, oldest map[string]time.Time) ([]*Message, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Message, error) {
+		m := &Message{}
+		var headers map[string]string
+		var runAt time.Time
+		err := row.Scan(&m.RowID, &m.Source, &m.ID, &m.Topic, &headers, &m.Body, &m.Attempt, &m.ReceivedAt, &runAt)
+		m.Headers = headers
+		m.Attempt++
+		if at, ok := oldest[m.Topic]; err == nil && (!ok || runAt.Before(at)) {
+			oldest[m.Topic] = runAt
+		}
+		return m, err
+	})
 }
 
 // scanSuspect reads a row of claimSuspect.

@@ -47,7 +47,7 @@ func TestClaimsDoNotReadBlockedRows(t *testing.T) {
 		args []any
 		want int // rows the statement returns
 	}{
-		{"unordered claim", in.e.sql.claimUnordered, []any{50, topics}, 1},
+		{"unordered claim", in.e.sql.claimUnordered, []any{50, topics, []time.Time{{}}}, 1},
 		{"stream claim", in.e.sql.claimStreams, []any{8, topics}, 1},
 		{"gap sweep", in.e.sql.findGaps, []any{60.0, 1000}, 1},
 		{"suspect claim", in.e.sql.claimSuspect, []any{topics}, 0},
@@ -243,6 +243,117 @@ SELECT id, 0 FROM `+q+`.inbox_messages WHERE message_id IN ('u-7', 's-7')`); err
 		if read > c.readable {
 			t.Errorf("%s read %d rows of inbox_messages beside a backlog of %d; it must find its rows by their keys",
 				c.name, read, backlog)
+		}
+	}
+}
+
+// TestUnorderedClaimStartsAtItsFloor: the entries of handled messages lie
+// at the old end of the claims' index until vacuum removes them. A claim
+// given its topic's floor starts after them; one from the beginning steps
+// over every one (here an hour's worth, never vacuumed).
+func TestUnorderedClaimStartsAtItsFloor(t *testing.T) {
+	t.Parallel()
+	ctx, pool, schema, in := newPlanFixture(t)
+	q := sqlident.Quote(schema)
+	for from := 0; from < 10000; from += 1000 {
+		var handled []Message
+		for i := from; i < from+1000; i++ {
+			handled = append(handled, Message{ID: fmt.Sprintf("h-%d", i), Topic: "t"})
+		}
+		if _, err := in.Store(ctx, handled...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Handled an hour ago, and not vacuumed since.
+	if _, err := pool.Exec(ctx, `UPDATE `+q+`.inbox_messages SET run_at = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE `+q+`.inbox_messages SET state = 'done', processed_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Store(ctx, Message{ID: "new", Topic: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	blocks := func(floor time.Time) int {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rollback(tx)
+		var plans []map[string]any
+		if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "+in.e.sql.claimUnordered,
+			50, []string{"t"}, []time.Time{floor}).Scan(&plans); err != nil {
+			t.Fatal(err)
+		}
+		top := plans[0]["Plan"].(map[string]any)
+		if rows := top["Actual Rows"].(float64); rows != 1 {
+			t.Fatalf("the claim returned %v rows, want the new message", rows)
+		}
+		hit, _ := top["Shared Hit Blocks"].(float64)
+		read, _ := top["Shared Read Blocks"].(float64)
+		return int(hit + read)
+	}
+	fromStart := blocks(noFloor)
+	fromFloor := blocks(time.Now().Add(-floorMargin))
+	t.Logf("blocks touched: %d from the beginning, %d from the floor", fromStart, fromFloor)
+	if fromFloor*4 > fromStart {
+		t.Errorf("the claim from its floor touched %d blocks, from the beginning %d: the floor must skip the handled entries",
+			fromFloor, fromStart)
+	}
+}
+
+// TestMessageBelowTheFloorIsClaimed: a message that appears below its
+// topic's floor (a store that committed long after its run_at) is found by
+// the claim from the beginning that comes once a second.
+func TestMessageBelowTheFloorIsClaimed(t *testing.T) {
+	t.Parallel()
+	pool, schema := testenv.Schema(t, 6)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	in, err := New(pool, Config{Schema: schema, DisableListen: true, PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan string, 100) // drained as the test goes; never blocks a handler at Stop
+	in.Handle("t", func(_ context.Context, _ pgx.Tx, m *Message) error {
+		select {
+		case handled <- m.ID:
+		default:
+		}
+		return nil
+	})
+	if err := in.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := in.Stop(context.Background()); err != nil {
+			t.Error(err)
+		}
+	}()
+	if _, err := in.Store(ctx, Message{ID: "first", Topic: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if id := <-handled; id != "first" {
+		t.Fatalf("handled %q first", id)
+	}
+	// Keep the floor up while the late one waits: a steady trickle.
+	if _, err := pool.Exec(ctx, `INSERT INTO `+sqlident.Quote(schema)+`.inbox_messages (source, message_id, topic, body, run_at)
+VALUES ($1, 'late', 't', '', now() - interval '1 hour')`, DefaultSource); err != nil {
+		t.Fatal(err)
+	}
+	in.e.wake.signal()
+	deadline := time.After(20 * time.Second)
+	for i := 0; ; i++ {
+		if _, err := in.Store(ctx, Message{ID: fmt.Sprintf("trickle-%d", i), Topic: "t"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case id := <-handled:
+			if id == "late" {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the message below the floor was never claimed")
 		}
 	}
 }

@@ -20,6 +20,7 @@ type engine struct {
 	wake     *wakeup
 	gate     *gate
 	suspects suspectPacer
+	floors   claimFloors
 	side     *sideConn
 	tel      *telemetry
 	hooks    testHooks

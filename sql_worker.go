@@ -63,17 +63,18 @@ CROSS JOIN LATERAL (
 LIMIT 1`)
 
 	// Per handled topic, through that topic's range of the index, so
-	// rows of topics without a handler here are never read. Each topic
+	// rows of topics without a handler here are never read, from the
+	// topic's floor ($3, see claimfloor.go) on. Each topic
 	// locks up to $1 rows; of those, the $1 due first are returned. The
 	// others of a claim over several topics stay locked, unworked,
 	// until it commits, and other workers pass over them meanwhile.
 	q.claimUnordered = r.Replace(`
-SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at
-FROM unnest($2::text[]) AS t(topic)
+SELECT c.id, c.source, c.message_id, c.topic, c.headers, c.body, c.attempts, c.received_at, c.run_at
+FROM unnest($2::text[], $3::timestamptz[]) AS t(topic, floor)
 CROSS JOIN LATERAL (
     SELECT m.id, m.source, m.message_id, m.topic, m.headers, m.body, m.attempts, m.received_at, m.run_at
     FROM {schema}.inbox_messages m
-    WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic = t.topic AND m.run_at <= now()
+    WHERE m.state = 'pending' AND m.stream IS NULL AND m.topic = t.topic AND m.run_at >= t.floor AND m.run_at <= now()
       AND NOT EXISTS (SELECT 1 FROM {schema}.inbox_attempt_starts a WHERE a.id = m.id)
       AND ` + notSolo + `
     ORDER BY m.run_at, m.id
