@@ -120,9 +120,10 @@ func (e *engine) validate(i int, m *Message) error {
 	case m.Stream != "" && m.Seq == math.MaxInt64:
 		return bad(ReasonBadSequence, seqCannotBeFollowed(m.Seq))
 	}
-	for name, s := range map[string]string{"id": m.ID, "topic": m.Topic, "stream": m.Stream, "source": source} {
-		if !validText(s) {
-			return bad(ReasonInvalidText, name+" must be UTF-8 without NUL bytes")
+	// An array, not a map: this runs for every message stored.
+	for _, f := range [...]struct{ name, text string }{{"id", m.ID}, {"topic", m.Topic}, {"stream", m.Stream}, {"source", source}} {
+		if !validText(f.text) {
+			return bad(ReasonInvalidText, f.name+" must be UTF-8 without NUL bytes")
 		}
 	}
 	if e.cfg.StrictTopics && !e.handlers.has(m.Topic) {
