@@ -255,17 +255,9 @@ func TestUnorderedClaimStartsAtItsFloor(t *testing.T) {
 	t.Parallel()
 	ctx, pool, schema, in := newPlanFixture(t)
 	q := sqlident.Quote(schema)
-	for from := 0; from < 10000; from += 1000 {
-		var handled []Message
-		for i := from; i < from+1000; i++ {
-			handled = append(handled, Message{ID: fmt.Sprintf("h-%d", i), Topic: "t"})
-		}
-		if _, err := in.Store(ctx, handled...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Handled an hour ago, and not vacuumed since.
-	if _, err := pool.Exec(ctx, `UPDATE `+q+`.inbox_messages SET run_at = now() - interval '1 hour'`); err != nil {
+	// Stored and handled an hour ago, and not vacuumed since.
+	if _, err := pool.Exec(ctx, `INSERT INTO `+q+`.inbox_messages (source, message_id, topic, body, run_at)
+SELECT $1, 'h-' || i, 't', '', now() - interval '1 hour' FROM generate_series(1, 10000) i`, DefaultSource); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `UPDATE `+q+`.inbox_messages SET state = 'done', processed_at = now()`); err != nil {
