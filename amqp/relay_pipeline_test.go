@@ -3,7 +3,6 @@ package amqp_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -200,14 +199,7 @@ func TestRelayPipelineLostConnection(t *testing.T) {
 	name := e.queue + " relay"
 	const n = 300
 	enqueueMany(t, e.ctx, ob, e.queue, "m", n, 7)
-	r, err := amqp.NewRelay(ob, amqp.RelayConfig{
-		URL: e.url, ConnectionName: name, BatchSize: 8, PollInterval: 50 * time.Millisecond,
-		ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := e.newRelay(ob, name, 8)
 	var faulted atomic.Bool
 	amqp.SetBeforeSettle(r, func(inFlight int) {
 		if inFlight < 3 || faulted.Load() {
@@ -222,33 +214,12 @@ func TestRelayPipelineLostConnection(t *testing.T) {
 			t.Error("the relay's connection was not found")
 		}
 	})
-	ctx, cancel := context.WithCancel(e.ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay Run: %v", err)
-		}
-	}()
+	e.runRelay(r)
 	e.waitFor("all sent", 60*time.Second, func() bool { return e.outboxCount("sent") == n })
 	if !faulted.Load() {
 		t.Fatal("the relay never had three batches in flight")
 	}
-	e.assertOnceEach(n)
-	st := r.Stats()
-	if st.Reconnects == 0 {
-		t.Fatal("the relay never reconnected")
-	}
-	if st.Published <= n || rcv.Stats().Duplicates == 0 {
-		t.Fatalf("relay published %d for %d messages, receiver dropped %d duplicates: want copies, dropped downstream",
-			st.Published, n, rcv.Stats().Duplicates)
-	}
-	bad := e.count(`SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY stream ORDER BY applied) AS prev
-		FROM ` + e.q + `.effects WHERE stream IS NOT NULL) x WHERE prev IS NOT NULL AND seq <> prev + 1`)
-	if bad != 0 {
-		t.Fatalf("%d effects applied out of stream order", bad)
-	}
+	e.assertRelayRecovered(r, rcv, n)
 }
 
 // Returns are matched to their messages across batches: with small full

@@ -34,6 +34,15 @@ func (e *env) outbox() *inbox.Outbox {
 // name, for closeConnections.
 func (e *env) relay(ob *inbox.Outbox, name string, batch int) *amqp.Relay {
 	e.t.Helper()
+	r := e.newRelay(ob, name, batch)
+	e.runRelay(r)
+	return r
+}
+
+// newRelay makes the Relay that relay runs, for a test that sets hooks
+// before it starts.
+func (e *env) newRelay(ob *inbox.Outbox, name string, batch int) *amqp.Relay {
+	e.t.Helper()
 	r, err := amqp.NewRelay(ob, amqp.RelayConfig{
 		URL: e.url, ConnectionName: name, BatchSize: batch, PollInterval: 50 * time.Millisecond,
 		ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
@@ -42,6 +51,11 @@ func (e *env) relay(ob *inbox.Outbox, name string, batch int) *amqp.Relay {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return r
+}
+
+// runRelay runs r until the test ends, and fails the test if Run fails.
+func (e *env) runRelay(r *amqp.Relay) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -51,7 +65,28 @@ func (e *env) relay(ob *inbox.Outbox, name string, batch int) *amqp.Relay {
 			e.t.Errorf("relay Run: %v", err)
 		}
 	})
-	return r
+}
+
+// assertRelayRecovered checks, after a relay r of n messages was faulted
+// mid-run, that it reconnected and published copies, that the downstream
+// receiver rcv dropped them so each message took effect once, and that
+// each stream was applied in order.
+func (e *env) assertRelayRecovered(r *amqp.Relay, rcv *running, n int) {
+	e.t.Helper()
+	e.assertOnceEach(n)
+	st := r.Stats()
+	if st.Reconnects == 0 {
+		e.t.Fatal("the relay never reconnected")
+	}
+	if st.Published <= uint64(n) || rcv.Stats().Duplicates == 0 {
+		e.t.Fatalf("relay published %d for %d messages, receiver dropped %d duplicates: want copies, dropped downstream",
+			st.Published, n, rcv.Stats().Duplicates)
+	}
+	bad := e.count(`SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY stream ORDER BY applied) AS prev
+		FROM ` + e.q + `.effects WHERE stream IS NOT NULL) x WHERE prev IS NOT NULL AND seq <> prev + 1`)
+	if bad != 0 {
+		e.t.Fatalf("%d effects applied out of stream order", bad)
+	}
 }
 
 // queue declares a further queue, deleted at the end.
@@ -235,14 +270,7 @@ func TestRelayFaultsMidRun(t *testing.T) {
 	name := e.queue + " relay"
 	const n = 200
 	enqueueMany(t, e.ctx, ob, e.queue, "m", n, 5)
-	r, err := amqp.NewRelay(ob, amqp.RelayConfig{
-		URL: e.url, ConnectionName: name, BatchSize: 8, PollInterval: 50 * time.Millisecond,
-		ReconnectInitial: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := e.newRelay(ob, name, 8)
 	batches := 0
 	amqp.SetBeforeSettle(r, func(int) {
 		batches++
@@ -257,31 +285,9 @@ func TestRelayFaultsMidRun(t *testing.T) {
 			}
 		}
 	})
-	ctx, cancel := context.WithCancel(e.ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay Run: %v", err)
-		}
-	}()
+	e.runRelay(r)
 	e.waitFor("all sent", 60*time.Second, func() bool { return e.outboxCount("sent") == n })
-	e.assertOnceEach(n)
-	st := r.Stats()
-	if st.Reconnects == 0 {
-		t.Fatal("the relay never reconnected")
-	}
-	if st.Published <= n || rcv.Stats().Duplicates == 0 {
-		t.Fatalf("relay published %d for %d messages, receiver dropped %d duplicates: want copies, dropped downstream",
-			st.Published, n, rcv.Stats().Duplicates)
-	}
-	// Downstream, each stream applied in order.
-	bad := e.count(`SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY stream ORDER BY applied) AS prev
-		FROM ` + e.q + `.effects WHERE stream IS NOT NULL) x WHERE prev IS NOT NULL AND seq <> prev + 1`)
-	if bad != 0 {
-		t.Fatalf("%d effects applied out of stream order", bad)
-	}
+	e.assertRelayRecovered(r, rcv, n)
 }
 
 // consume -> handle -> enqueue -> relay -> consume: inbox A's handler emits
@@ -462,15 +468,7 @@ func TestRelayStreamGoesOnWithoutPolling(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(e.ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay Run: %v", err)
-		}
-	}()
+	e.runRelay(r)
 	var msgs []inbox.OutgoingMessage
 	for i := range 5 {
 		msgs = append(msgs, inbox.OutgoingMessage{ID: fmt.Sprintf("s-%d", i), RoutingKey: e.queue, Stream: "s"})
