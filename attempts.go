@@ -20,12 +20,12 @@ import (
 // A row whose message no live claim holds is a run that never finished: a
 // suspect. Normal claims leave suspects out; a claim that looks for them
 // (an Inbox's first, and then one a second unless they keep turning up,
-// see suspects.go) takes at most one suspect, alone, and runs it while no other worker of the Inbox runs a
-// handler (see gate.go), so that if it kills the process again nothing else
-// is lost with it and the death is its own. Each such run that never
-// finishes counts as a death, and
-// after MaxAttempts deaths the message is dead without running again (an
-// ordered one parks its stream, as dead messages do). A death in a batch
+// see suspects.go) takes at most one suspect, alone, and runs it while no
+// other worker of the Inbox runs a handler (see gate.go), so that if it
+// kills the process again nothing else is lost with it and the death is
+// its own. Each such run that never finishes counts as a death, and after
+// MaxAttempts deaths the message is dead without running again (an ordered
+// one parks its stream, as dead messages do). A death in a batch
 // counts for no one, since nobody can tell which handler caused it.
 
 // starts is what a claim knows of its attempt starts.

@@ -34,15 +34,15 @@ func (c *claim) size() int {
 // (suspects.go), tries the suspect claims first: when one takes a suspect,
 // the normal claims that follow take nothing.
 func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim, error) {
-	lookedAt := time.Now()
-	look := e.suspects.due(lookedAt)
+	now := time.Now()
+	look := e.suspects.due(now)
 	b := &pgx.Batch{}
 	b.Queue(setClaimLimits, e.cfg.claimLimitArg())
 	if look {
 		b.Queue(e.sql.claimSuspect, topics)
 		b.Queue(e.sql.claimSuspectStream, topics)
 	}
-	floors, fromStart := e.floors.forClaim(lookedAt, topics)
+	floors, fromStart := e.floors.forClaim(now, topics)
 	b.Queue(e.sql.claimUnordered, e.cfg.BatchSize, topics, floors)
 	b.Queue(e.sql.claimStreams, e.cfg.StreamsPerClaim, topics)
 	b.Queue(sqlClock)
@@ -93,7 +93,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 		return nil, fmt.Errorf("claim messages: %w", err)
 	}
 	if look {
-		e.suspects.looked(lookedAt, len(suspects)+len(suspectStreams) > 0)
+		e.suspects.looked(now, len(suspects)+len(suspectStreams) > 0)
 	}
 	e.floors.claimed(oldest, fromStart)
 	c.starts.until = c.claimedAt.Add(e.cfg.BatchBudget)

@@ -21,9 +21,9 @@ import (
 // either Store locks first, and expiry passes the stream over (SKIP LOCKED)
 // or, once Store has committed, sees its pending messages in the head row;
 // or expiry locks first, and Store, waiting for the lock, finds both rows
-// gone and makes them again. Expiry takes every lock with SKIP LOCKED: it never waits, so
-// it cannot deadlock with workers, which lock a stream's row and then its
-// head, nor with Store, which does the reverse.
+// gone and makes them again. Expiry takes every lock with SKIP LOCKED: it
+// never waits, so it cannot deadlock with workers, which lock a stream's
+// row and then its head, nor with Store, which does the reverse.
 //
 // The streams are visited in key order, one window of Config.CleanupBatch
 // rows per statement, resuming where the last window ended, so no statement
