@@ -13,8 +13,8 @@ import (
 
 // Defaults of Config fields left zero.
 const (
-	DefaultPrefetch          = 500
-	DefaultBatchSize         = 100
+	DefaultPrefetch          = 1000
+	DefaultBatchSize         = 200
 	DefaultBatchLinger       = time.Millisecond
 	DefaultBatchesInFlight   = 4
 	DefaultStreamHeader      = "x-stream-key"
@@ -85,11 +85,14 @@ type Config struct {
 	// BatchesInFlight batches and one being gathered: the default is enough
 	// for the default batches. Defaults to DefaultPrefetch.
 	Prefetch int
-	// BatchSize is how many deliveries are stored in one statement and acked
+	// BatchSize is the most deliveries stored in one statement and acked
 	// together. At most Prefetch. Defaults to DefaultBatchSize.
 	BatchSize int
 	// BatchLinger is how long a batch that is not full waits for more
-	// deliveries before it is stored. Defaults to DefaultBatchLinger.
+	// deliveries before it is stored, when no other batch is out. While one
+	// is, the next keeps gathering until it is full or that store returns
+	// (group commit): a busy receiver stores fewer, larger batches, a quiet
+	// one waits no longer than the linger. Defaults to DefaultBatchLinger.
 	BatchLinger time.Duration
 	// BatchesInFlight is how many batches may be out at once: being stored,
 	// each on a goroutine of its own and a connection of the Store's pool,

@@ -12,9 +12,10 @@ import (
 )
 
 // The pipeline. The session's goroutine gathers deliveries into batches and
-// hands each full (or lingered) batch to a committer goroutine of its own,
-// which stores it; up to Config.BatchesInFlight batches are out at once, so
-// the broker's next deliveries arrive while earlier batches commit. The
+// hands each full batch, or a lingered one when no other is out (see
+// launch), to a committer goroutine of its own, which stores it; up to
+// Config.BatchesInFlight batches are out at once, so the broker's next
+// deliveries arrive while earlier batches commit. The
 // committers never touch the channel: they hand each batch back, and the
 // session's goroutine acks in delivery-tag order, a batch only once it and
 // every batch before it committed. A batch whose store fails holds the acks
@@ -95,15 +96,23 @@ func (s *session) full() bool {
 	return len(s.gather.items) >= s.r.cfg.BatchSize
 }
 
-// launch hands the gathered batch to a committer if it is full or lingered
-// and fewer than Config.BatchesInFlight batches are out.
+// launch hands the gathered batch to a committer when it may go: while
+// fewer than Config.BatchesInFlight batches are out, a full batch at once,
+// one that is not full once it has lingered and no batch is out. That is
+// group commit: while a batch is being stored the next keeps gathering, so
+// a busy receiver stores fewer, larger batches (the database's cost is
+// mostly per statement and per commit), and a quiet one waits for no more
+// than its linger. A lingered batch goes when the store under way returns
+// (see consume).
 func (s *session) launch() {
 	cfg := s.r.cfg
 	switch {
 	case len(s.gather.items) == 0:
 		s.lingered = false
 		return
-	case !s.full() && !s.lingered, len(s.inflight) >= cfg.BatchesInFlight:
+	case len(s.inflight) >= cfg.BatchesInFlight:
+		return
+	case !s.full() && (!s.lingered || len(s.inflight) > 0):
 		return
 	}
 	s.linger.Stop()

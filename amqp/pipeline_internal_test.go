@@ -137,6 +137,7 @@ type pipelineRig struct {
 	err      error
 	bad      []uint64 // tags of deliveries without an ID
 	goodSent int
+	feed     chan amqp091.Delivery // the session's deliveries
 }
 
 // newPipelineRig delivers good deliveries (IDs m<tag>) with a bad one (no
@@ -170,14 +171,14 @@ func newPipelineRig(t *testing.T, good int, tune ...func(*Config)) *pipelineRig 
 		}
 		ds = append(ds, d)
 	}
-	deliveries := make(chan amqp091.Delivery, len(ds))
+	rig.feed = make(chan amqp091.Delivery, len(ds)+16)
 	for _, d := range ds {
-		deliveries <- d
+		rig.feed <- d
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rig.cancel = cancel
 	go func() {
-		rig.err = rig.s.consume(ctx, deliveries)
+		rig.err = rig.s.consume(ctx, rig.feed)
 		rig.s.stopPipeline()
 		close(rig.ended)
 	}()
@@ -345,5 +346,39 @@ func TestPipelineShutdownDeadline(t *testing.T) {
 	}
 	if s := rig.s.r.Stats(); s.Stored != 15 || s.Acked != 0 {
 		t.Errorf("stats %+v: want 15 stored, none acked", s)
+	}
+}
+
+// TestPipelineGroupCommit: while a batch is being stored, the next one keeps
+// gathering past its linger instead of leaving alone, and goes, whole, when
+// the store under way returns.
+func TestPipelineGroupCommit(t *testing.T) {
+	rig := newPipelineRig(t, 0, func(c *Config) { c.BatchSize, c.BatchLinger = 100, time.Millisecond })
+	deliver := func(tag uint64) {
+		rig.feed <- amqp091.Delivery{DeliveryTag: tag, Type: "t", MessageId: fmt.Sprintf("m%d", tag)}
+		waitFor(t, fmt.Sprintf("delivery %d received", tag), func() bool { return rig.s.r.Stats().Received == tag })
+	}
+	deliver(1)
+	first := rig.next(1)[0] // lingered with nothing out: it goes
+	deliver(2)
+	// Not a check, an order of events: m2's linger runs out before m3 comes.
+	time.Sleep(20 * time.Millisecond)
+	deliver(3)
+	first.outcome <- nil
+	second := rig.next(1)[0]
+	if !slices.Equal(second.ids, []string{"m2", "m3"}) {
+		t.Fatalf("after the first batch, a store call for %v; want m2 and m3 stored together once the first returned", second.ids)
+	}
+	second.outcome <- nil
+	waitFor(t, "all three acked", func() bool { return rig.s.r.Stats().Acked == 3 })
+}
+
+// waitFor polls cond until it holds, or fails the test after 30 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
 	}
 }

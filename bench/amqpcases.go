@@ -169,10 +169,11 @@ func runReceiverIngest(ctx context.Context, br *broker, n, bodySize int, rcfg fu
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	wait := runReceiver(runCtx, rcv)
 	waitErr := pollUntil(ctx, 2*time.Minute, time.Millisecond, func() bool { return rcv.Stats().Acked >= uint64(n) })
 	elapsed := time.Since(start)
+	cpuUse := cpu.stop(n)
 	stop()
 	if err := wait(); err != nil {
 		return Result{}, err
@@ -195,6 +196,7 @@ func runReceiverIngest(ctx context.Context, br *broker, n, bodySize int, rcfg fu
 		Messages: n,
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
+		CPU:      cpuUse,
 		Settings: receiverSettings(rcv.Config()) + ", pre-published queue; " + store.summary(elapsed),
 	}, nil
 }

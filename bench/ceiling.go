@@ -37,7 +37,7 @@ ON CONFLICT (source, message_id) DO NOTHING`
 
 	batches := make(chan [2]int)
 	g, gctx := errgroup.WithContext(ctx)
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	g.Go(func() error {
 		defer close(batches)
 		for from := 0; from < n; from += dbCeilingBatch {
@@ -73,6 +73,7 @@ ON CONFLICT (source, message_id) DO NOTHING`
 		Messages: n,
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
+		CPU:      cpu.stop(n),
 		Settings: fmt.Sprintf("%d writers, %d rows per statement, autocommit", dbCeilingWriters, dbCeilingBatch),
 	}, nil
 }
@@ -93,7 +94,7 @@ func runBrokerCeiling(ctx context.Context, b *broker, n, bodySize int) (Result, 
 		return Result{}, err
 	}
 	defer cleanup()
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	deliveries, err := ch.ConsumeWithContext(ctx, queue, "", false, false, false, false, nil)
 	if err != nil {
 		return Result{}, fmt.Errorf("consume %s: %w", queue, err)
@@ -114,11 +115,13 @@ func runBrokerCeiling(ctx context.Context, b *broker, n, bodySize int) (Result, 
 		}
 	}
 	elapsed := time.Since(start)
+	cpuUse := cpu.stop(n)
 	_ = ch.Close()
 	return Result{
 		Messages: n,
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
+		CPU:      cpuUse,
 		Settings: fmt.Sprintf("prefetch %d, multiple-ack every %d, %d-byte persistent messages pre-published", brokerCeilingPrefetch, brokerCeilingAckEvery, bodySize),
 	}, nil
 }

@@ -22,8 +22,10 @@ type Result struct {
 	Latency *Latency `json:"latency,omitempty"`
 	Memory  *Memory  `json:"memory,omitempty"`
 	// Claims times the inbox's claim statements, where the case traced them.
-	Claims   *ClaimLatency `json:"claims,omitempty"`
-	Settings string        `json:"settings"`
+	Claims *ClaimLatency `json:"claims,omitempty"`
+	// CPU says who spent the processor time, where the case measured it.
+	CPU      *CPU   `json:"cpu,omitempty"`
+	Settings string `json:"settings"`
 	// RoundRates are the rates of every round when the case ran several;
 	// the result is the fastest round (see best).
 	RoundRates []float64 `json:"round_rates,omitempty"`
@@ -261,8 +263,12 @@ func (r *Report) writeMarkdown(w io.Writer) error {
 		if m := res.Memory; m != nil {
 			mem = fmt.Sprintf("%.1f / %.0f", m.PeakHeapInuseMiB, m.PeakRSSMiB)
 		}
+		settings := res.Settings
+		if res.CPU != nil {
+			settings += "; " + res.CPU.String()
+		}
 		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s | %s |\n",
-			res.Title, res.Messages, res.Seconds, thousands(res.Rate), lat, claims, mem, res.Settings)
+			res.Title, res.Messages, res.Seconds, thousands(res.Rate), lat, claims, mem, settings)
 	}
 	b.WriteString("\n| Comparison | Measured | Target | Met |\n|---|---:|---:|---|\n")
 	for _, c := range r.Comparisons {

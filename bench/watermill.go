@@ -57,7 +57,7 @@ func runWatermillIngest(ctx context.Context, br *broker, n, bodySize, prefetch i
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	routerErr := make(chan error, 1)
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	go func() { routerErr <- router.Run(runCtx) }()
 	var waitErr error
 	select {
@@ -70,6 +70,7 @@ func runWatermillIngest(ctx context.Context, br *broker, n, bodySize, prefetch i
 		waitErr = ctx.Err()
 	}
 	elapsed := time.Since(start)
+	cpuUse := cpu.stop(n)
 	closeErr := router.Close()
 	stop()
 	if waitErr == nil {
@@ -88,6 +89,7 @@ func runWatermillIngest(ctx context.Context, br *broker, n, bodySize, prefetch i
 		Messages: n,
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
+		CPU:      cpuUse,
 		Settings: fmt.Sprintf("%s, durable queue config, prefetch %d, no-op handler, one ack per message, pre-published queue", moduleVersions("github.com/ThreeDotsLabs/watermill", "github.com/ThreeDotsLabs/watermill-amqp/v3"), prefetch),
 	}, nil
 }
