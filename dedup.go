@@ -1,13 +1,14 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Deduplication. A message is a duplicate when its key, (Source, ID), is
@@ -33,71 +34,85 @@ const (
 // unless the watermark skipped it (a late arrival, stored dead).
 // It returns each message's fate, in the order of msgs.
 func (e *engine) insert(ctx context.Context, db querier, msgs []Message) ([]fate, error) {
-	fates := make([]fate, len(msgs))
+	fates := make([]fate, len(msgs)) // fateDuplicate unless the statement returns the key
 	if len(msgs) == 0 {
 		return fates, nil
 	}
-	type key struct{ source, id string }
-	first := make(map[key]int, len(msgs)) // a repeated key within the batch is a duplicate of its first
-	order := make([]int, 0, len(msgs))
-	for i := range msgs {
-		k := key{msgs[i].Source, msgs[i].ID}
-		if k.source == "" {
-			k.source = e.cfg.Source
-		}
-		if _, dup := first[k]; !dup {
-			first[k] = i
-			order = append(order, i)
-		}
+	// The batch in key order, each key once (its first message): rows are
+	// inserted in this order so that concurrent batches take their index
+	// locks in the same order and cannot deadlock, and the keys the
+	// statement returns are found in it by binary search.
+	order := make([]int, len(msgs))
+	for i := range order {
+		order[i] = i
 	}
-	// Rows are inserted in key order so concurrent batches take their index
-	// locks in the same order and cannot deadlock.
-	sort.Slice(order, func(a, b int) bool {
-		ka, kb := msgs[order[a]], msgs[order[b]]
-		sa, sb := e.sourceOf(&ka), e.sourceOf(&kb)
-		if sa != sb {
-			return sa < sb
-		}
-		return ka.ID < kb.ID
-	})
+	slices.SortStableFunc(order, func(a, b int) int { return e.compareKeys(&msgs[a], &msgs[b]) })
+	order = slices.CompactFunc(order, func(a, b int) bool { return e.compareKeys(&msgs[a], &msgs[b]) == 0 })
+
 	n := len(order)
 	sources, ids, topics, streams := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	seqs, headers, bodies := make([]int64, n), make([]string, n), make([][]byte, n)
+	var encoded []byte // every message's headers, one after the other
+	ends := make([]int, n)
 	for j, i := range order {
 		m := &msgs[i]
 		sources[j], ids[j], topics[j], streams[j], seqs[j], bodies[j] = e.sourceOf(m), m.ID, m.Topic, m.Stream, m.Seq, m.Body
-		h, err := encodeHeaders(m.Headers)
-		if err != nil {
-			return nil, fmt.Errorf("inbox: encode headers of message %q: %w", m.ID, err)
-		}
-		headers[j] = h
 		if bodies[j] == nil {
 			bodies[j] = []byte{}
 		}
+		encoded = appendHeaders(encoded, m.Headers)
+		ends[j] = len(encoded)
 	}
+	all, start := string(encoded), 0 // one string for all: headers[j] are slices of it
+	for j, end := range ends {
+		headers[j], start = all[start:end], end
+	}
+
 	rows, err := db.Query(ctx, e.sql.store, sources, ids, topics, streams, seqs, headers, bodies, *e.cfg.FirstSeq, e.cfg.notifyChannel())
 	if err != nil {
 		return nil, fmt.Errorf("inbox: store batch of %d: %w", n, err)
 	}
-	stored := map[key]bool{} // the value: stored dead, as a late arrival
-	var k key
+	// The returned keys are read in place, not copied.
+	var source, id pgtype.DriverBytes
 	var late bool
-	if _, err := pgx.ForEachRow(rows, []any{&k.source, &k.id, &late}, func() error { stored[k] = late; return nil }); err != nil {
+	_, err = pgx.ForEachRow(rows, []any{&source, &id, &late}, func() error {
+		j, found := slices.BinarySearchFunc(order, 0, func(i, _ int) int {
+			if c := compareText(e.sourceOf(&msgs[i]), source); c != 0 {
+				return c
+			}
+			return compareText(msgs[i].ID, id)
+		})
+		if !found {
+			return fmt.Errorf("the statement returned key (%q, %q), not in the batch", source, id)
+		}
+		fates[order[j]] = fateStored
+		if late {
+			fates[order[j]] = fateLate
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("inbox: store batch of %d: %w", n, err)
 	}
-	for i := range msgs {
-		k := key{e.sourceOf(&msgs[i]), msgs[i].ID}
-		late, ok := stored[k]
-		switch {
-		case !ok || first[k] != i:
-			fates[i] = fateDuplicate
-		case late:
-			fates[i] = fateLate
-		default:
-			fates[i] = fateStored
+	return fates, nil
+}
+
+// compareText compares s with the text b, without a copy of b.
+func compareText(s string, b []byte) int {
+	for i := 0; i < len(s) && i < len(b); i++ {
+		if s[i] != b[i] {
+			return cmp.Compare(s[i], b[i])
 		}
 	}
-	return fates, nil
+	return cmp.Compare(len(s), len(b))
+}
+
+// compareKeys orders messages by their key, (source, ID).
+func (e *engine) compareKeys(a, b *Message) int {
+	if c := strings.Compare(e.sourceOf(a), e.sourceOf(b)); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
 }
 
 // cleanup deletes one batch of processed rows older than the retention
@@ -108,18 +123,4 @@ func (e *engine) cleanup(ctx context.Context, db beginner) (int64, error) {
 		return 0, fmt.Errorf("inbox: delete processed rows past retention: %w", err)
 	}
 	return tag.RowsAffected(), nil
-}
-
-// encodeHeaders makes headers safe for jsonb, which refuses the NUL
-// character that an untrusted publisher may put in a header.
-func encodeHeaders(h map[string]string) (string, error) {
-	if len(h) == 0 {
-		return "{}", nil
-	}
-	clean := make(map[string]string, len(h))
-	for k, v := range h {
-		clean[strings.ReplaceAll(k, "\x00", "\uFFFD")] = strings.ReplaceAll(v, "\x00", "\uFFFD")
-	}
-	b, err := json.Marshal(clean)
-	return string(b), err
 }

@@ -176,10 +176,7 @@ func (o *Outbox) enqueue(ctx context.Context, tx pgx.Tx, msgs []OutgoingMessage)
 				h[k] = v
 			}
 		}
-		enc, err := encodeHeaders(h)
-		if err != nil {
-			return EnqueueResult{}, fmt.Errorf("inbox: encode headers of outgoing message %q: %w", m.ID, err)
-		}
+		enc := encodeHeaders(h)
 		ids[i], dests[i], exchanges[i], keys[i] = m.ID, m.Destination, route.Exchange, route.RoutingKey
 		types[i], ctypes[i], streams[i], headers[i], bodies[i] = m.Type, m.ContentType, m.Stream, enc, m.Body
 		if bodies[i] == nil {
