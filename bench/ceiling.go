@@ -207,7 +207,7 @@ WHERE id = ANY($1)`
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	for range workers {
 		g.Go(func() error {
 			for {
@@ -225,6 +225,7 @@ WHERE id = ANY($1)`
 		return Result{}, err
 	}
 	elapsed := time.Since(start)
+	cpuUse := cpu.stop(n)
 	var done int
 	if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+q+".inbox_messages WHERE state = 'done'").Scan(&done); err != nil {
 		return Result{}, fmt.Errorf("count done: %w", err)
@@ -236,6 +237,7 @@ WHERE id = ANY($1)`
 		Messages: n,
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
+		CPU:      cpuUse,
 		Settings: fmt.Sprintf("%d connections, claim %d (FOR UPDATE SKIP LOCKED) + one UPDATE + commit per transaction", workers, batch),
 	}, nil
 }

@@ -280,13 +280,14 @@ func inboxRound(ctx context.Context, pool *pgxpool.Pool, cfg inbox.Config, r inb
 		return nil
 	})
 	mem := startMemSampler(50 * time.Millisecond)
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	if err := in.Start(ctx); err != nil {
 		mem.Stop()
 		return Result{}, fmt.Errorf("start inbox: %w", err)
 	}
 	waitErr := waitCommitted(ctx, pool, c, countDone, committed)
 	elapsed := time.Since(start)
+	cpuUse := cpu.stop(r.messages)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	stopErr := in.Stop(stopCtx)
 	cancel()
@@ -308,6 +309,7 @@ func inboxRound(ctx context.Context, pool *pgxpool.Pool, cfg inbox.Config, r inb
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(r.messages) / elapsed.Seconds(),
 		Memory:   &m,
+		CPU:      cpuUse,
 		Settings: settings,
 	}, nil
 }

@@ -110,7 +110,7 @@ func runRiver(ctx context.Context, n, bodySize int, s riverSettings) (Result, er
 	logf("river: inserted %d jobs in %s; settings: %s", n, time.Since(loadStart).Round(time.Millisecond), s)
 
 	mem := startMemSampler(50 * time.Millisecond)
-	start := time.Now()
+	cpu, start := startCPU(), time.Now()
 	if err := client.Start(ctx); err != nil {
 		mem.Stop()
 		return Result{}, fmt.Errorf("start river: %w", err)
@@ -118,6 +118,7 @@ func runRiver(ctx context.Context, n, bodySize int, s riverSettings) (Result, er
 	waitErr := waitCommitted(ctx, pool, c,
 		"SELECT count(*) FROM "+pgx.Identifier{schema, "river_job"}.Sanitize()+" WHERE state = 'completed'", int64(n))
 	elapsed := time.Since(start)
+	cpuUse := cpu.stop(n)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	stopErr := client.Stop(stopCtx)
 	cancel()
@@ -133,6 +134,7 @@ func runRiver(ctx context.Context, n, bodySize int, s riverSettings) (Result, er
 		Seconds:  elapsed.Seconds(),
 		Rate:     float64(n) / elapsed.Seconds(),
 		Memory:   &m,
+		CPU:      cpuUse,
 		Settings: s.String(),
 	}, nil
 }
