@@ -95,7 +95,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	if look {
 		e.suspects.looked(now, len(suspects)+len(suspectStreams) > 0)
 	}
-	e.floors.claimed(oldest, fromStart)
+	e.floors.claimed(oldest, fromStart, now)
 	c.starts.until = c.claimedAt.Add(e.cfg.BatchBudget)
 	if len(suspects)+len(suspectStreams) > 0 {
 		c.starts.solo = true

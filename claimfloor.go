@@ -34,19 +34,20 @@ var noFloor = time.Time{}
 type claimFloors struct {
 	mu        sync.Mutex
 	floor     map[string]time.Time
-	nextReset time.Time
+	nextReset time.Time // zero: the next claim starts from the beginning
 }
 
 // forClaim returns the floor of each topic, in the order of topics, for a
 // claim starting at now, and whether the claim starts from the beginning
-// (its result then sets the floors anew).
+// (its result then sets the floors anew). The reset stays due until a
+// claim from the beginning succeeds (see claimed): one that fails leaves
+// it to the next claim. Claims running at the same moment may all start
+// from the beginning; that is harmless.
 func (f *claimFloors) forClaim(now time.Time, topics []string) ([]time.Time, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make([]time.Time, len(topics))
-	reset := !now.Before(f.nextReset)
-	if reset {
-		f.nextReset = now.Add(floorResetInterval)
+	if !now.Before(f.nextReset) {
 		return out, true
 	}
 	for i, t := range topics {
@@ -56,14 +57,18 @@ func (f *claimFloors) forClaim(now time.Time, topics []string) ([]time.Time, boo
 }
 
 // claimed records, per topic, the run_at of the oldest message a claim
-// returned. A claim from the beginning sets the floors of those topics and
-// clears the others (nothing of theirs was pending and unlocked); any other
-// claim only raises them.
-func (f *claimFloors) claimed(oldest map[string]time.Time, reset bool) {
+// that started at now returned. A claim from the beginning sets the floors
+// of those topics and clears the others (nothing of theirs was pending and
+// unlocked), and puts the next reset an interval later; any other claim
+// only raises them.
+func (f *claimFloors) claimed(oldest map[string]time.Time, reset bool, now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if reset || f.floor == nil {
 		f.floor = map[string]time.Time{}
+	}
+	if reset {
+		f.nextReset = now.Add(floorResetInterval)
 	}
 	for t, at := range oldest {
 		if floor := at.Add(-floorMargin); floor.After(f.floor[t]) {
