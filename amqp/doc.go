@@ -39,7 +39,11 @@
 //
 // Batches are stored concurrently, up to [Config.BatchesInFlight] at once,
 // each Store call on a goroutine of its own, so the next batch is gathered
-// while earlier ones commit. Acks go out strictly in delivery-tag order: a
+// while earlier ones commit. A full batch goes at once; one that is not
+// full goes after [Config.BatchLinger] if no other batch is out, and
+// otherwise when the store under way returns (group commit: a busy
+// receiver stores fewer, larger batches, whose cost to the database is
+// mostly per statement and per commit). Acks go out strictly in delivery-tag order: a
 // batch is acked only once it and every batch before it have committed, so
 // a batch whose store fails holds back the acks of every later batch until
 // its retry succeeds, and never lets them cover its own deliveries. One
