@@ -106,7 +106,7 @@ func TestSoakSmoke(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	opts, err := parseFlags([]string{"-soak", "4s", "-soak-bucket", "2s", "-soak-rate", "100",
-		"-soak-retention", "1s", "-soak-maintenance", "500ms",
+		"-soak-retention", "1s", "-soak-maintenance", "500ms", "-soak-vacuum-cost-delay", "0",
 		"-json", filepath.Join(dir, "soak.json"), "-chart", filepath.Join(dir, "soak.svg")})
 	if err != nil {
 		t.Fatal(err)

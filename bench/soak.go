@@ -28,6 +28,10 @@ type SoakOptions struct {
 	Maintenance time.Duration `json:"maintenance_interval_ns"`
 	// StreamExpiry is the inbox's IdleStreamExpiry in the soak.
 	StreamExpiry time.Duration `json:"idle_stream_expiry_ns"`
+	// VacuumCostDelay, when not negative, is set as inbox_messages'
+	// autovacuum_vacuum_cost_delay (in ms), in place of the migrations'
+	// (0, see docs/operations.md): 2 is the server default.
+	VacuumCostDelay float64 `json:"vacuum_cost_delay_ms"`
 }
 
 func (o *SoakOptions) flags(fs *flag.FlagSet) {
@@ -37,6 +41,7 @@ func (o *SoakOptions) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Retention, "soak-retention", time.Minute, "inbox Config.Retention in the soak, short so cleanup deletes during it")
 	fs.DurationVar(&o.Maintenance, "soak-maintenance", 10*time.Second, "inbox Config.MaintenanceInterval in the soak")
 	fs.DurationVar(&o.StreamExpiry, "soak-stream-expiry", time.Minute, "inbox Config.IdleStreamExpiry in the soak (0: streams are never expired)")
+	fs.Float64Var(&o.VacuumCostDelay, "soak-vacuum-cost-delay", -1, "autovacuum_vacuum_cost_delay of inbox_messages in the soak, in ms (-1: as the migrations set it, 0 since migration 11)")
 }
 
 func (o SoakOptions) validate() error {
@@ -49,6 +54,8 @@ func (o SoakOptions) validate() error {
 		return errors.New("-soak-retention and -soak-maintenance must be positive")
 	case o.StreamExpiry < 0:
 		return errors.New("-soak-stream-expiry must not be negative")
+	case o.VacuumCostDelay > 100:
+		return errors.New("-soak-vacuum-cost-delay is at most 100 (ms)")
 	}
 	return nil
 }
@@ -171,6 +178,14 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 		return nil, err
 	}
 	defer drop()
+	vacuum := "inbox_messages' autovacuum_vacuum_cost_delay as migrated"
+	if o.VacuumCostDelay >= 0 {
+		vacuum = fmt.Sprintf("autovacuum_vacuum_cost_delay=%gms on inbox_messages", o.VacuumCostDelay)
+		if _, err := pool.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.inbox_messages SET (autovacuum_vacuum_cost_delay = %g)",
+			pgx.Identifier{schema}.Sanitize(), o.VacuumCostDelay)); err != nil {
+			return nil, fmt.Errorf("set the vacuum cost delay: %w", err)
+		}
+	}
 	queue, del, err := br.declareQueue("bench_soak")
 	if err != nil {
 		return nil, err
@@ -223,8 +238,8 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 	s := &Soak{
 		OfferedRate: rate,
 		Published:   int(rate * o.Duration.Seconds()),
-		Settings: fmt.Sprintf("%s, inbox Workers=%d BatchSize=%d Retention=%s MaintenanceInterval=%s CleanupBatch=%d IdleStreamExpiry=%s, every other message in streams of %d, server autovacuum=%s",
-			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, ic.IdleStreamExpiry, soakStreamLen, autovacuum),
+		Settings: fmt.Sprintf("%s, inbox Workers=%d BatchSize=%d Retention=%s MaintenanceInterval=%s CleanupBatch=%d IdleStreamExpiry=%s, every other message in streams of %d, server autovacuum=%s, %s",
+			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, ic.IdleStreamExpiry, soakStreamLen, autovacuum, vacuum),
 	}
 	sizes := newSizeQuery(schema)
 	pubCtx, cancelPub := context.WithCancel(ctx)

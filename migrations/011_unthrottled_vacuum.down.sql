@@ -1,0 +1,1 @@
+ALTER TABLE {schema}.inbox_messages RESET (autovacuum_vacuum_cost_delay);
