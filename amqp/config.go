@@ -86,7 +86,9 @@ type Config struct {
 	// for the default batches. Defaults to DefaultPrefetch.
 	Prefetch int
 	// BatchSize is the most deliveries stored in one statement and acked
-	// together. At most Prefetch. Defaults to DefaultBatchSize.
+	// together. At most Prefetch. Defaults to DefaultBatchSize, or, when
+	// Prefetch has no room for BatchesInFlight plus one of those, to
+	// Prefetch/(BatchesInFlight+1).
 	BatchSize int
 	// BatchLinger is how long a batch that is not full waits for more
 	// deliveries before it is stored, when no other batch is out. While one
@@ -180,9 +182,11 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	setDefault(&c.ConnectionName, "inbox receiver "+c.Queue)
 	setDefault(&c.Prefetch, DefaultPrefetch)
-	setDefault(&c.BatchSize, DefaultBatchSize)
 	setDefault(&c.BatchLinger, DefaultBatchLinger)
 	setDefault(&c.BatchesInFlight, DefaultBatchesInFlight)
+	// Room in the prefetch for the batches in flight and one being
+	// gathered, as with the defaults (1000 = 5 x 200).
+	setDefault(&c.BatchSize, min(DefaultBatchSize, max(1, c.Prefetch/max(1, c.BatchesInFlight+1))))
 	setDefault(&c.Source, c.Queue)
 	setDefault(&c.StreamHeader, DefaultStreamHeader)
 	setDefault(&c.SequenceHeader, DefaultSequenceHeader)

@@ -308,6 +308,16 @@ func TestConfigValidate(t *testing.T) {
 		got.DeadLetterExchange != "orders.dlx" || got.DeadLetterRoutingKey != "orders.dead" {
 		t.Fatalf("defaults not applied: %+v", got)
 	}
+	// A prefetch set smaller than the default batch needs: the batch
+	// shrinks to leave room for the batches in flight and one gathering.
+	for _, c := range []struct{ prefetch, inFlight, batch int }{{500, 0, 100}, {100, 0, 20}, {100, 1, 50}, {3, 4, 1}, {5000, 0, DefaultBatchSize}} {
+		r, err := NewReceiver(nopStore{}, Config{URL: "amqp://localhost/", Queue: "q", Prefetch: c.prefetch, BatchesInFlight: c.inFlight})
+		if err != nil {
+			t.Errorf("Prefetch %d, BatchesInFlight %d: %v", c.prefetch, c.inFlight, err)
+		} else if got := r.Config().BatchSize; got != c.batch {
+			t.Errorf("Prefetch %d, BatchesInFlight %d: BatchSize %d, want %d", c.prefetch, c.inFlight, got, c.batch)
+		}
+	}
 	r, err = NewReceiver(nopStore{}, Config{URL: "amqp://guest:guest@localhost/", Queue: "orders", Topology: &Topology{NoDeadLetter: true}})
 	if err != nil || r.Config().DeadLetterExchange != "" {
 		t.Fatalf("a topology without dead-lettering gave dead-letter exchange %q, %v", r.Config().DeadLetterExchange, err)

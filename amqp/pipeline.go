@@ -46,7 +46,7 @@ type refusal struct {
 // pipeline is the session's state for batches.
 type pipeline struct {
 	gather   batch // the batch being gathered
-	lingered bool  // gather waited out its linger: launch it at the next free slot
+	lingered bool  // gather waited out its linger: launch it once no batch is out
 	linger   *time.Timer
 
 	inflight []*batch    // launched, in delivery order, not acked yet

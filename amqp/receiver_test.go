@@ -213,7 +213,7 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 
 	cfg := e.receiverConfig()
-	cfg.Prefetch = 200
+	cfg.Prefetch, cfg.BatchSize = 200, 50 // several batches wait on the lock
 	r := e.run(rxStore, cfg)
 	e.publish(orders("m", 500)...)
 	e.waitFor("the first messages stored", 10*time.Second, func() bool { return r.Stats().Acked == 500 })
