@@ -97,6 +97,30 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("Markdown output lacks the result and comparison rows:\n%s", md)
 	}
 	checkPNG(t, opts.Chart)
+	if _, err := os.Stat("/proc/stat"); err == nil { // Linux: the CPU figures are read from /proc
+		for _, id := range []string{resultBrokerCeiling, resultIngestInbox, resultProcessingInbox} {
+			if res, _ := rep.result(id); res.CPU == nil || res.CPU.BenchMicros <= 0 {
+				t.Errorf("%s: no CPU figures (%+v)", id, res.CPU)
+			}
+		}
+	}
+
+	// -redraw writes the same tables, and a chart, from the JSON alone.
+	again, err := parseFlags([]string{"-redraw", opts.JSON, "-md", filepath.Join(dir, "again.md"), "-chart", filepath.Join(dir, "again.png")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runMain(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	redrawn, err := os.ReadFile(again.MD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(redrawn) != string(md) {
+		t.Errorf("-redraw wrote other tables:\n%s\nwant:\n%s", redrawn, md)
+	}
+	checkPNG(t, again.Chart)
 }
 
 // TestSoakSmoke runs a few seconds of the soak with short buckets at a

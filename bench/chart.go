@@ -43,6 +43,8 @@ var (
 	colorMet     = color.RGBA{50, 150, 70, 255}
 	colorMissed  = color.RGBA{200, 60, 50, 255}
 	colorNeutral = color.RGBA{120, 140, 170, 255}
+	colorBroker  = color.RGBA{230, 140, 40, 255}
+	colorDB      = color.RGBA{120, 80, 160, 255}
 )
 
 // chartLabel is the label of a result in the chart.
@@ -85,6 +87,13 @@ func writeCharts(rep *Report, path string) error {
 	}
 	if scores != nil {
 		panels = append(panels, scores)
+	}
+	cpu, err := cpuPlot(rep)
+	if err != nil {
+		return err
+	}
+	if cpu != nil {
+		panels = append(panels, cpu)
 	}
 	if len(panels) > 0 {
 		grid := make([][]*plot.Plot, len(panels))
@@ -144,6 +153,59 @@ func ratesPlot(rep *Report) (*plot.Plot, error) {
 	p.NominalY(names...)
 	p.X.Min, p.X.Max = 0, maxRate*1.2
 	p.X.Label.Text = "messages per second"
+	return p, nil
+}
+
+// cpuPlot draws, for every result that measured it, the CPU a message took
+// in the broker, the database and the bench's own process, stacked; nil
+// when no result measured it.
+func cpuPlot(rep *Report) (*plot.Plot, error) {
+	var rs []Result
+	most := 0.0
+	for _, r := range rep.Results {
+		if r.CPU != nil {
+			rs = append(rs, r)
+			most = max(most, r.CPU.BrokerMicros+r.CPU.DatabaseMicros+r.CPU.BenchMicros)
+		}
+	}
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	p := plot.New()
+	p.Title.Text = "CPU per message, µs, by process (orange: broker; purple: database; grey: this process)"
+	names := make([]string, len(rs))
+	labels := plotter.XYLabels{XYs: make(plotter.XYs, len(rs)), Labels: make([]string, len(rs))}
+	for i, r := range rs {
+		y := float64(len(rs) - 1 - i)
+		names[len(rs)-1-i] = chartLabel(rep, r)
+		var below *plotter.BarChart
+		for _, part := range []struct {
+			v float64
+			c color.Color
+		}{{r.CPU.BrokerMicros, colorBroker}, {r.CPU.DatabaseMicros, colorDB}, {r.CPU.BenchMicros, colorOther}} {
+			bar, err := plotter.NewBarChart(plotter.Values{part.v}, vg.Points(11))
+			if err != nil {
+				return nil, err
+			}
+			bar.Horizontal, bar.XMin, bar.Color = true, y, part.c
+			bar.LineStyle.Width = 0
+			if below != nil {
+				bar.StackOn(below)
+			}
+			p.Add(bar)
+			below = bar
+		}
+		total := r.CPU.BrokerMicros + r.CPU.DatabaseMicros + r.CPU.BenchMicros
+		labels.XYs[i] = plotter.XY{X: total, Y: y}
+		labels.Labels[i] = fmt.Sprintf("%.0f µs (%.0f + %.0f + %.0f), %.0f%% idle",
+			total, r.CPU.BrokerMicros, r.CPU.DatabaseMicros, r.CPU.BenchMicros, r.CPU.IdlePercent)
+	}
+	if err := addLabels(p, labels); err != nil {
+		return nil, err
+	}
+	p.NominalY(names...)
+	p.X.Min, p.X.Max = 0, most*1.6
+	p.X.Label.Text = "µs of CPU per message"
 	return p, nil
 }
 

@@ -59,6 +59,7 @@ type Options struct {
 	MD               string        `json:"-"`
 	Chart            string        `json:"-"`
 	CPUProfile       string        `json:"-"`
+	Redraw           string        `json:"-"`
 }
 
 // caseNames are the values -only accepts, in the order they run.
@@ -104,6 +105,7 @@ func parseFlags(args []string) (Options, error) {
 	fs.StringVar(&o.Chart, "chart", "", "write a chart of the results to this .png or .svg file (and the soak's to NAME-soak.EXT)")
 	o.Soak.flags(fs)
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	fs.StringVar(&o.Redraw, "redraw", "", "run nothing: write the tables (-md) and charts (-chart) of the report in this JSON file")
 	if err := fs.Parse(args); err != nil {
 		return Options{}, err
 	}
@@ -169,6 +171,13 @@ func (o Options) runs(name string) bool {
 }
 
 func runMain(ctx context.Context, opts Options) error {
+	if opts.Redraw != "" {
+		rep, err := readReport(opts.Redraw)
+		if err != nil {
+			return err
+		}
+		return writeOutputs(rep, Options{MD: opts.MD, Chart: opts.Chart})
+	}
 	if opts.CPUProfile != "" {
 		f, err := os.Create(opts.CPUProfile)
 		if err != nil {

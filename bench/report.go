@@ -241,6 +241,19 @@ func (r *Report) writeJSON(path string) error {
 	return nil
 }
 
+// readReport reads a report that writeJSON wrote.
+func readReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read report: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode report %s: %w", path, err)
+	}
+	return &r, nil
+}
+
 // writeMarkdown writes the two tables: results, then comparisons.
 func (r *Report) writeMarkdown(w io.Writer) error {
 	var b strings.Builder
