@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -78,12 +77,8 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("%d targeted comparisons, want 11: %+v", targeted, rep.Comparisons)
 	}
 
-	var decoded Report
-	b, err := os.ReadFile(opts.JSON)
+	decoded, err := readReport(opts.JSON)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &decoded); err != nil {
 		t.Fatalf("JSON output does not decode: %v", err)
 	}
 	if len(decoded.Results) != len(want) || len(decoded.Comparisons) != len(rep.Comparisons) {

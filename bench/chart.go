@@ -141,7 +141,7 @@ func ratesPlot(rep *Report) (*plot.Plot, error) {
 		if isInbox(r.ID) {
 			c = colorInbox
 		}
-		if err := addBar(p, r.Rate, y, c); err != nil {
+		if _, err := addBar(p, r.Rate, y, c); err != nil {
 			return nil, err
 		}
 		labels.XYs[i] = plotter.XY{X: r.Rate, Y: y}
@@ -183,16 +183,13 @@ func cpuPlot(rep *Report) (*plot.Plot, error) {
 			v float64
 			c color.Color
 		}{{r.CPU.BrokerMicros, colorBroker}, {r.CPU.DatabaseMicros, colorDB}, {r.CPU.BenchMicros, colorOther}} {
-			bar, err := plotter.NewBarChart(plotter.Values{part.v}, vg.Points(11))
+			bar, err := addBar(p, part.v, y, part.c)
 			if err != nil {
 				return nil, err
 			}
-			bar.Horizontal, bar.XMin, bar.Color = true, y, part.c
-			bar.LineStyle.Width = 0
 			if below != nil {
 				bar.StackOn(below)
 			}
-			p.Add(bar)
 			below = bar
 		}
 		total := r.CPU.BrokerMicros + r.CPU.DatabaseMicros + r.CPU.BenchMicros
@@ -233,7 +230,7 @@ func scoresPlot(comps []Comparison) (*plot.Plot, error) {
 			label += fmt.Sprintf(" (target %s %s)", c.Op, formatValue(c.Target, c.Unit))
 		}
 		score = min(score, maxScore)
-		if err := addBar(p, score, y, col); err != nil {
+		if _, err := addBar(p, score, y, col); err != nil {
 			return nil, err
 		}
 		labels.XYs[i] = plotter.XY{X: score, Y: y}
@@ -254,15 +251,17 @@ func scoresPlot(comps []Comparison) (*plot.Plot, error) {
 	return p, nil
 }
 
-func addBar(p *plot.Plot, v, y float64, c color.Color) error {
+// addBar adds a horizontal bar of length v at y and returns it (to stack
+// another on).
+func addBar(p *plot.Plot, v, y float64, c color.Color) (*plotter.BarChart, error) {
 	bar, err := plotter.NewBarChart(plotter.Values{v}, vg.Points(11))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	bar.Horizontal, bar.XMin, bar.Color = true, y, c
 	bar.LineStyle.Width = 0
 	p.Add(bar)
-	return nil
+	return bar, nil
 }
 
 func addLabels(p *plot.Plot, xyl plotter.XYLabels) error {
