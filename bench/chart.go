@@ -129,31 +129,19 @@ func ratesPlot(rep *Report) (*plot.Plot, error) {
 	if len(rs) == 0 {
 		return nil, nil
 	}
-	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Throughput, msg/s (blue: inbox; grey: ceilings and peers). %d messages of %d bytes, %d CPUs",
-		rep.Options.Messages, rep.Options.Body, rep.Machine.CPUs)
-	names := make([]string, len(rs))
-	labels := plotter.XYLabels{XYs: make(plotter.XYs, len(rs)), Labels: make([]string, len(rs))}
+	rc := newRowChart(fmt.Sprintf("Throughput, msg/s (blue: inbox; grey: ceilings and peers). %d messages of %d bytes, %d CPUs",
+		rep.Options.Messages, rep.Options.Body, rep.Machine.CPUs), len(rs))
 	for i, r := range rs {
-		y := float64(len(rs) - 1 - i)
-		names[len(rs)-1-i] = chartLabel(rep, r)
 		c := colorOther
 		if isInbox(r.ID) {
 			c = colorInbox
 		}
-		if _, err := addBar(p, r.Rate, y, c); err != nil {
+		if _, err := addBar(rc.p, r.Rate, rc.y(i), c); err != nil {
 			return nil, err
 		}
-		labels.XYs[i] = plotter.XY{X: r.Rate, Y: y}
-		labels.Labels[i] = thousands(r.Rate)
+		rc.row(i, chartLabel(rep, r), r.Rate, thousands(r.Rate))
 	}
-	if err := addLabels(p, labels); err != nil {
-		return nil, err
-	}
-	p.NominalY(names...)
-	p.X.Min, p.X.Max = 0, maxRate*1.2
-	p.X.Label.Text = "messages per second"
-	return p, nil
+	return rc.done(maxRate*1.2, "messages per second")
 }
 
 // cpuPlot draws, for every result that measured it, the CPU a message took
@@ -171,19 +159,14 @@ func cpuPlot(rep *Report) (*plot.Plot, error) {
 	if len(rs) == 0 {
 		return nil, nil
 	}
-	p := plot.New()
-	p.Title.Text = "CPU per message, µs, by process (orange: broker; purple: database; grey: this process)"
-	names := make([]string, len(rs))
-	labels := plotter.XYLabels{XYs: make(plotter.XYs, len(rs)), Labels: make([]string, len(rs))}
+	rc := newRowChart("CPU per message, µs, by process (orange: broker; purple: database; grey: this process)", len(rs))
 	for i, r := range rs {
-		y := float64(len(rs) - 1 - i)
-		names[len(rs)-1-i] = chartLabel(rep, r)
 		var below *plotter.BarChart
 		for _, part := range []struct {
 			v float64
 			c color.Color
 		}{{r.CPU.BrokerMicros, colorBroker}, {r.CPU.DatabaseMicros, colorDB}, {r.CPU.BenchMicros, colorOther}} {
-			bar, err := addBar(p, part.v, y, part.c)
+			bar, err := addBar(rc.p, part.v, rc.y(i), part.c)
 			if err != nil {
 				return nil, err
 			}
@@ -193,17 +176,10 @@ func cpuPlot(rep *Report) (*plot.Plot, error) {
 			below = bar
 		}
 		total := r.CPU.BrokerMicros + r.CPU.DatabaseMicros + r.CPU.BenchMicros
-		labels.XYs[i] = plotter.XY{X: total, Y: y}
-		labels.Labels[i] = fmt.Sprintf("%.0f µs (%.0f + %.0f + %.0f), %.0f%% idle",
-			total, r.CPU.BrokerMicros, r.CPU.DatabaseMicros, r.CPU.BenchMicros, r.CPU.IdlePercent)
+		rc.row(i, chartLabel(rep, r), total, fmt.Sprintf("%.0f µs (%.0f + %.0f + %.0f), %.0f%% idle",
+			total, r.CPU.BrokerMicros, r.CPU.DatabaseMicros, r.CPU.BenchMicros, r.CPU.IdlePercent))
 	}
-	if err := addLabels(p, labels); err != nil {
-		return nil, err
-	}
-	p.NominalY(names...)
-	p.X.Min, p.X.Max = 0, most*1.6
-	p.X.Label.Text = "µs of CPU per message"
-	return p, nil
+	return rc.done(most*1.6, "µs of CPU per message")
 }
 
 // scoresPlot draws every comparison as a bar of its result over its target
@@ -213,13 +189,8 @@ func scoresPlot(comps []Comparison) (*plot.Plot, error) {
 	if len(comps) == 0 {
 		return nil, nil
 	}
-	p := plot.New()
-	p.Title.Text = "Result against target (dashed: target; green met, red missed, blue: ratio without a target)"
-	names := make([]string, len(comps))
-	labels := plotter.XYLabels{XYs: make(plotter.XYs, len(comps)), Labels: make([]string, len(comps))}
+	rc := newRowChart("Result against target (dashed: target; green met, red missed, blue: ratio without a target)", len(comps))
 	for i, c := range comps {
-		y := float64(len(comps) - 1 - i)
-		names[len(comps)-1-i] = c.Name
 		score, col := c.Value, colorNeutral
 		label := formatValue(c.Value, c.Unit)
 		if c.Op != "" {
@@ -230,25 +201,56 @@ func scoresPlot(comps []Comparison) (*plot.Plot, error) {
 			label += fmt.Sprintf(" (target %s %s)", c.Op, formatValue(c.Target, c.Unit))
 		}
 		score = min(score, maxScore)
-		if _, err := addBar(p, score, y, col); err != nil {
+		if _, err := addBar(rc.p, score, rc.y(i), col); err != nil {
 			return nil, err
 		}
-		labels.XYs[i] = plotter.XY{X: score, Y: y}
-		labels.Labels[i] = label
-	}
-	if err := addLabels(p, labels); err != nil {
-		return nil, err
+		rc.row(i, c.Name, score, label)
 	}
 	target, err := plotter.NewLine(plotter.XYs{{X: 1, Y: -0.5}, {X: 1, Y: float64(len(comps)) - 0.5}})
 	if err != nil {
 		return nil, err
 	}
 	target.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-	p.Add(target)
-	p.NominalY(names...)
-	p.X.Min, p.X.Max = 0, maxScore*1.35
-	p.X.Label.Text = "result / target (ratio as is where there is no target), cut at 3"
-	return p, nil
+	rc.p.Add(target)
+	return rc.done(maxScore*1.35, "result / target (ratio as is where there is no target), cut at 3")
+}
+
+// rowChart is a panel of horizontal bars, a row per item, the first at the
+// top: each row has its name on the axis and a label at its bar's end.
+type rowChart struct {
+	p      *plot.Plot
+	n      int
+	names  []string
+	labels plotter.XYLabels
+}
+
+func newRowChart(title string, n int) *rowChart {
+	p := plot.New()
+	p.Title.Text = title
+	return &rowChart{p: p, n: n, names: make([]string, n),
+		labels: plotter.XYLabels{XYs: make(plotter.XYs, n), Labels: make([]string, n)}}
+}
+
+// y is where row i is drawn.
+func (rc *rowChart) y(i int) float64 { return float64(rc.n - 1 - i) }
+
+// row names row i and puts label at x on it.
+func (rc *rowChart) row(i int, name string, x float64, label string) {
+	rc.names[rc.n-1-i] = name
+	rc.labels.XYs[i] = plotter.XY{X: x, Y: rc.y(i)}
+	rc.labels.Labels[i] = label
+}
+
+// done adds the labels and the row names, and sets the x axis from 0 to
+// xMax.
+func (rc *rowChart) done(xMax float64, xLabel string) (*plot.Plot, error) {
+	if err := addLabels(rc.p, rc.labels); err != nil {
+		return nil, err
+	}
+	rc.p.NominalY(rc.names...)
+	rc.p.X.Min, rc.p.X.Max = 0, xMax
+	rc.p.X.Label.Text = xLabel
+	return rc.p, nil
 }
 
 // addBar adds a horizontal bar of length v at y and returns it (to stack
