@@ -93,7 +93,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 		return nil, fmt.Errorf("claim messages: %w", err)
 	}
 	if look {
-		e.suspects.looked(now, len(suspects)+len(suspectStreams) > 0)
+		e.suspects.wait(now, suspectWait(len(suspects)+len(suspectStreams) > 0))
 	}
 	e.floors.claimed(oldest, fromStart, now)
 	c.starts.until = c.claimedAt.Add(e.cfg.BatchBudget)

@@ -32,22 +32,21 @@ var noFloor = time.Time{}
 
 // claimFloors keeps each topic's floor for an Inbox's claims.
 type claimFloors struct {
-	mu        sync.Mutex
-	floor     map[string]time.Time
-	nextReset time.Time // zero: the next claim starts from the beginning
+	mu    sync.Mutex
+	floor map[string]time.Time
+	reset pacer // of the claims from the beginning
 }
 
 // forClaim returns the floor of each topic, in the order of topics, for a
 // claim starting at now, and whether the claim starts from the beginning
-// (its result then sets the floors anew). The reset stays due until a
-// claim from the beginning succeeds (see claimed): one that fails leaves
-// it to the next claim. Claims running at the same moment may all start
-// from the beginning; that is harmless.
+// (its result then sets the floors anew). The reset is paced: due until a
+// claim from the beginning succeeds (see claimed), then once per
+// floorResetInterval.
 func (f *claimFloors) forClaim(now time.Time, topics []string) ([]time.Time, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make([]time.Time, len(topics))
-	if !now.Before(f.nextReset) {
+	if f.reset.due(now) {
 		return out, true
 	}
 	for i, t := range topics {
@@ -68,7 +67,7 @@ func (f *claimFloors) claimed(oldest map[string]time.Time, reset bool, now time.
 		f.floor = map[string]time.Time{}
 	}
 	if reset {
-		f.nextReset = now.Add(floorResetInterval)
+		f.reset.wait(now, floorResetInterval)
 	}
 	for t, at := range oldest {
 		if floor := at.Add(-floorMargin); floor.After(f.floor[t]) {

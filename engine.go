@@ -19,7 +19,7 @@ type engine struct {
 	handlers *handlers
 	wake     *wakeup
 	gate     *gate
-	suspects suspectPacer
+	suspects pacer // of the suspect claims (suspects.go)
 	floors   claimFloors
 	side     *sideConn
 	tel      *telemetry
