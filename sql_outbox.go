@@ -20,6 +20,13 @@ func newOutboxQueries(schema string) (q outboxQueries) {
 	// next numbers (the counter row stays locked until the caller's
 	// commit, which serialises enqueuers of one stream in commit order),
 	// insert, and NOTIFY relays at commit.
+	//
+	// The ID test is a scalar subquery, not NOT EXISTS: the planner may
+	// turn NOT EXISTS into a hash anti join that reads the whole table,
+	// the cheaper plan while the table is new and small, and a prepared
+	// statement keeps that plan (its generic one) as the table grows until
+	// an ANALYZE replans it. A scalar subquery is never made a join: each
+	// message probes the ID's unique index (plans_test.go).
 	q.enqueue = r.Replace(`
 WITH input AS (
     SELECT u.*
@@ -30,7 +37,7 @@ fresh AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.stream ORDER BY i.ord) AS k,
            count(*) OVER (PARTITION BY i.stream) AS n
     FROM input i
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.outbox_messages o WHERE o.message_id = i.message_id)
+    WHERE (SELECT true FROM {schema}.outbox_messages o WHERE o.message_id = i.message_id) IS NULL
 ),
 counters AS (
     INSERT INTO {schema}.outbox_streams AS s (stream, last_seq)

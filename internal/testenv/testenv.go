@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/inboxkit/inbox/internal/devenv"
+	"github.com/inboxkit/inbox/internal/sqlident"
 )
 
 // The services and names of internal/devenv, for tests.
@@ -52,4 +53,36 @@ func Pool(t testing.TB, appName string, maxConns int32) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// Database is Schema in a database of its own, dropped when the test ends,
+// for a test that must not see the other tests' DDL: a new schema anywhere
+// in a database makes every backend of that database replan its cached
+// statements.
+func Database(t testing.TB, maxConns int32) (*pgxpool.Pool, string) {
+	t.Helper()
+	name := devenv.UniqueName("t")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin := Pool(t, name, 1)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+sqlident.Quote(name)); err != nil {
+		t.Fatalf("create database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+sqlident.Quote(name)+" WITH (FORCE)"); err != nil {
+			t.Logf("drop database %s: %v", name, err)
+		}
+	})
+	pool, err := devenv.OpenPool(ctx, devenv.PostgresURL(), name, maxConns, func(c *pgxpool.Config) { c.ConnConfig.Database = name })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	schema, _, err := devenv.NewSchema(ctx, pool, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, schema
 }

@@ -1,0 +1,104 @@
+package inbox_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/inboxkit/inbox"
+	"github.com/inboxkit/inbox/internal/sqlident"
+	"github.com/inboxkit/inbox/internal/testenv"
+)
+
+// A statement that looks rows up by key in a table that grows must not
+// keep a plan made while the table was small. PostgreSQL caches a prepared
+// statement's generic plan after five runs; made on a new, near-empty
+// table, it scans the whole table instead of probing the key's index,
+// and with statistics that no ANALYZE has refreshed (autovacuum off, or
+// not yet come round) it keeps doing so as the table grows: each Enqueue
+// or Store then costs the whole table.
+
+// checkKeyLookupAsTableGrows runs op on one connection often enough for a
+// generic plan to be cached while table is near empty, grows table with
+// grow (autovacuum off for it, so no ANALYZE replans), runs op three more
+// times and fails if any of them scanned table instead of using an index.
+func (b *bundle) checkKeyLookupAsTableGrows(table, grow string, op func(tx pgx.Tx, i int) error) {
+	b.t.Helper()
+	b.exec(`ALTER TABLE ` + b.q + `.` + table + ` SET (autovacuum_enabled = false)`)
+	conn, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer conn.Release()
+	run := func(i int) {
+		b.t.Helper()
+		tx, err := conn.Begin(b.ctx)
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback(b.ctx) }()
+		if err := op(tx, i); err != nil {
+			b.t.Fatalf("run %d: %v", i, err)
+		}
+		if err := tx.Commit(b.ctx); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+	// seqScans reads how often table was scanned whole, after making the
+	// connection report its counts (which a backend does when it goes
+	// idle, at most once a second unless asked).
+	seqScans := func() int64 {
+		b.t.Helper()
+		if _, err := conn.Exec(b.ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+			b.t.Fatal(err)
+		}
+		return int64(b.count(`SELECT seq_scan FROM pg_stat_user_tables WHERE relid = $1::regclass`, b.q+"."+table))
+	}
+	for i := range 8 {
+		run(i)
+	}
+	b.exec(grow)
+	before := seqScans()
+	for i := 8; i < 11; i++ {
+		run(i)
+	}
+	if n := seqScans() - before; n != 0 {
+		b.t.Errorf("after %s grew, 3 runs scanned the whole table %d time(s): the statement kept a plan made while the table was small", table, n)
+	}
+}
+
+// setupAlone is setup in a database of its own: other tests' new schemas
+// would make the connection replan, hiding a plan that stuck.
+func setupAlone(t *testing.T) *bundle {
+	t.Helper()
+	t.Parallel()
+	pool, schema := testenv.Database(t, 4)
+	return &bundle{t: t, ctx: t.Context(), pool: pool, schema: schema, q: sqlident.Quote(schema)}
+}
+
+func TestOutboxEnqueueProbesTheIDIndexAsTheTableGrows(t *testing.T) {
+	b := setupAlone(t)
+	ob := b.newOutbox(inbox.OutboxConfig{})
+	b.checkKeyLookupAsTableGrows("outbox_messages", `
+INSERT INTO `+b.q+`.outbox_messages (message_id, routing_key, state, body)
+SELECT 'grown-' || g, 'q', 'sent', convert_to(repeat('x', 200), 'UTF8') FROM generate_series(1, 20000) g`,
+		func(tx pgx.Tx, i int) error {
+			_, err := ob.Enqueue(b.ctx, tx, inbox.OutgoingMessage{ID: fmt.Sprintf("m-%d", i), RoutingKey: "q", Body: []byte("x")})
+			return err
+		})
+}
+
+// Store's statement keeps an index probe of inbox_streams in its generic
+// plan (it passed before Enqueue's fix too): this guards it.
+func TestStoreProbesTheStreamKeyAsStreamsGrow(t *testing.T) {
+	b := setupAlone(t)
+	in := b.newInbox(inbox.Config{})
+	b.checkKeyLookupAsTableGrows("inbox_streams", `
+INSERT INTO `+b.q+`.inbox_streams (source, stream, next_seq, last_skip)
+SELECT '', 'grown-' || g, 1, repeat('x', 200) FROM generate_series(1, 20000) g`,
+		func(tx pgx.Tx, i int) error {
+			_, err := in.StoreTx(b.ctx, tx, inbox.Message{ID: fmt.Sprintf("m-%d", i), Topic: "t", Stream: fmt.Sprintf("s-%d", i), Seq: 1})
+			return err
+		})
+}
