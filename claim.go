@@ -30,7 +30,8 @@ func (c *claim) size() int {
 }
 
 // claim locks what one transaction works on. The same round trip sets the
-// claim's server-side limits (see limits.go) and, when the pacer says so
+// claim's server-side limits and the planning of its statements (see
+// limits.go) and, when the pacer says so
 // (suspects.go), tries the suspect claims first: when one takes a suspect,
 // the normal claims that follow take nothing.
 func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim, error) {
@@ -38,6 +39,7 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	look := e.suspects.due(now)
 	b := &pgx.Batch{}
 	b.Queue(setClaimLimits, e.cfg.claimLimitArg())
+	b.Queue(claimPlanning)
 	if look {
 		b.Queue(e.sql.claimSuspect, topics)
 		b.Queue(e.sql.claimSuspectStream, topics)
@@ -45,10 +47,14 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	floors, fromStart := e.floors.forClaim(now, topics)
 	b.Queue(e.sql.claimUnordered, e.cfg.BatchSize, topics, floors)
 	b.Queue(e.sql.claimStreams, e.cfg.StreamsPerClaim, topics)
+	b.Queue(handlerPlanning)
 	b.Queue(sqlClock)
 	br := tx.SendBatch(ctx, b)
 	c := &claim{}
 	_, err := br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
 	var suspects []*Message
 	var suspectStreams []*streamWork
 	var deaths []int
@@ -81,6 +87,9 @@ func (e *engine) claim(ctx context.Context, tx pgx.Tx, topics []string) (*claim,
 	}
 	if err == nil {
 		c.streams, err = collectStreams(br)
+	}
+	if err == nil {
+		_, err = br.Exec()
 	}
 	if err == nil {
 		err = br.QueryRow().Scan(&c.dbNow)

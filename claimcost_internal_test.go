@@ -198,9 +198,9 @@ func testKeyedStatements(t *testing.T, analyze bool) {
 			t.Fatal(err)
 		}
 	}
-	const backlog = 4000
+	const backlog = 6000
 	var msgs []Message
-	for i := range backlog / 2 {
+	for i := range backlog / 3 {
 		msgs = append(msgs,
 			Message{ID: fmt.Sprintf("u-%d", i), Topic: "t"},
 			Message{ID: fmt.Sprintf("s-%d", i), Topic: "t", Stream: fmt.Sprintf("s-%d", i%50), Seq: int64(i/50 + 1)})
@@ -348,4 +348,112 @@ VALUES ($1, 'late', 't', '', now() - interval '1 hour')`, DefaultSource); err !=
 			t.Fatal("the message below the floor was never claimed")
 		}
 	}
+}
+
+// TestClaimsStopAtTheirLimitInGenericPlans: after five runs PostgreSQL may
+// run a prepared statement, as pgx prepares them, with a generic plan, made
+// without the arguments' values, so with the planner's default guess of
+// few matching rows. For a claim that guess makes an anti join by hash
+// (against the attempt starts) followed by a sort of every due row look
+// cheapest: every claim then reads and sorts the whole backlog (in a soak,
+// 580 ms a claim, sorting on disk). Claims run after claimPlanning, so
+// the only plans left walk the index in order and stop at the limit, and
+// are not compiled.
+func TestClaimsStopAtTheirLimitInGenericPlans(t *testing.T) {
+	t.Parallel()
+	ctx, pool, schema, in := newPlanFixture(t)
+	q := sqlident.Quote(schema)
+	// Statistics from a quiet moment: nothing pending, and of the attempt
+	// starts, which come and go with every claim, a few live among many
+	// dead.
+	for _, sql := range []string{
+		`INSERT INTO ` + q + `.inbox_attempt_starts (id) SELECT g FROM generate_series(-30000, -1) g`,
+		`DELETE FROM ` + q + `.inbox_attempt_starts WHERE id < -300`,
+		`ANALYZE ` + q + `.inbox_messages`, `ANALYZE ` + q + `.inbox_stream_heads`, `ANALYZE ` + q + `.inbox_attempt_starts`,
+	} {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const backlog = 6000
+	var msgs []Message
+	for i := range backlog / 3 {
+		msgs = append(msgs,
+			Message{ID: fmt.Sprintf("u-%d", i), Topic: "t"},
+			Message{ID: fmt.Sprintf("s-%d", i), Topic: "t", Stream: fmt.Sprintf("s-%d", i), Seq: 1},
+			Message{ID: fmt.Sprintf("long-%d", i), Topic: "t", Stream: "long", Seq: int64(i + 1)})
+	}
+	for from := 0; from < len(msgs); from += 500 {
+		if _, err := in.Store(ctx, msgs[from:min(from+500, len(msgs))]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name, sql, args string
+		limit           int
+	}{
+		{"unordered claim", in.e.sql.claimUnordered, `50, ARRAY['t'], ARRAY['-infinity'::timestamptz]`, 50},
+		{"stream claim", in.e.sql.claimStreams, `8, ARRAY['t']`, 8},
+		{"stream load", in.e.sql.loadStream, `'` + DefaultSource + `', 'long', 20, 1`, 20},
+	} {
+		returned, read := explainGenericRows(t, ctx, pool, c.sql, c.args)
+		if returned != c.limit {
+			t.Errorf("%s returned %d rows, want %d", c.name, returned, c.limit)
+		}
+		if read > 4*c.limit {
+			t.Errorf("%s, planned generically, read %d rows of inbox_messages and inbox_stream_heads for %d (backlog %d); it must stop at its limit",
+				c.name, read, c.limit, backlog)
+		}
+	}
+}
+
+// explainGenericRows runs sql as a claim does (after claimPlanning) with
+// a generic plan, on the arguments args (SQL literals), under EXPLAIN
+// ANALYZE in a transaction rolled back after, and returns the rows of its
+// top node and the rows its scans of the message and head tables produced
+// or removed by filter.
+func explainGenericRows(t *testing.T, ctx context.Context, pool *pgxpool.Pool, sql, args string) (returned, read int) {
+	t.Helper()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "PREPARE inbox_generic AS "+sql); err != nil {
+		t.Fatalf("prepare: %v\n%s", err, sql)
+	}
+	defer func() { _, _ = conn.Exec(context.Background(), "DEALLOCATE inbox_generic") }()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rollback(tx)
+	for _, s := range []string{"SET LOCAL plan_cache_mode = force_generic_plan", claimPlanning} {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var plans []map[string]any
+	if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE inbox_generic("+args+")").Scan(&plans); err != nil {
+		t.Fatalf("explain: %v", err)
+	}
+	if _, ok := plans[0]["JIT"]; ok {
+		t.Errorf("the plan was compiled (JIT), which costs up to seconds a claim:\n%s", sql)
+	}
+	top := plans[0]["Plan"].(map[string]any)
+	var walk func(n map[string]any)
+	walk = func(n map[string]any) {
+		if r := n["Relation Name"]; r == "inbox_messages" || r == "inbox_stream_heads" {
+			loops, _ := n["Actual Loops"].(float64)
+			rows, _ := n["Actual Rows"].(float64)
+			removed, _ := n["Rows Removed by Filter"].(float64)
+			read += int((rows + removed) * max(loops, 1))
+		}
+		children, _ := n["Plans"].([]any)
+		for _, c := range children {
+			walk(c.(map[string]any))
+		}
+	}
+	walk(top)
+	return int(top["Actual Rows"].(float64)), read
 }

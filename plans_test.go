@@ -1,7 +1,9 @@
 package inbox_test
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -101,4 +103,34 @@ SELECT '', 'grown-' || g, 1, repeat('x', 200) FROM generate_series(1, 20000) g`,
 			_, err := in.StoreTx(b.ctx, tx, inbox.Message{ID: fmt.Sprintf("m-%d", i), Topic: "t", Stream: fmt.Sprintf("s-%d", i), Seq: 1})
 			return err
 		})
+}
+
+// The claims plan with enable_sort and jit off (see limits.go); the
+// handlers that run after them in the same transaction must plan with the
+// session's settings again, for unordered and ordered messages alike.
+func TestHandlersPlanWithTheSessionsSettings(t *testing.T) {
+	b := setup(t)
+	var session string
+	if err := b.pool.QueryRow(b.ctx, `SELECT current_setting('enable_sort') || ' ' || current_setting('jit')`).Scan(&session); err != nil {
+		t.Fatal(err)
+	}
+	in := b.newInbox(inbox.Config{})
+	settings := make(chan string, 2)
+	in.Handle("t", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+		var s string
+		if err := tx.QueryRow(ctx, `SELECT current_setting('enable_sort') || ' ' || current_setting('jit')`).Scan(&s); err != nil {
+			return err
+		}
+		settings <- m.ID + ": " + s
+		return nil
+	})
+	b.start(in)
+	if _, err := in.Store(b.ctx, inbox.Message{ID: "unordered", Topic: "t"}, inbox.Message{ID: "ordered", Topic: "t", Stream: "s", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if s := <-settings; !strings.HasSuffix(s, ": "+session) {
+			t.Errorf("a handler ran with enable_sort and jit %q, want the session's (%s)", s, session)
+		}
+	}
 }
