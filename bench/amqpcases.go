@@ -149,7 +149,7 @@ func runReceiverIngest(ctx context.Context, br *broker, n, bodySize int, rcfg fu
 		return Result{}, err
 	}
 	defer drop()
-	queue, del, err := br.declareQueue("bench_ingest")
+	queue, del, err := br.declareQueue("bench_ingest", nil)
 	if err != nil {
 		return Result{}, err
 	}
@@ -303,7 +303,7 @@ func runLatency(ctx context.Context, br *broker, total int, rate float64, bodySi
 		return Result{}, err
 	}
 	defer drop()
-	queue, del, err := br.declareQueue("bench_latency")
+	queue, del, err := br.declareQueue("bench_latency", nil)
 	if err != nil {
 		return Result{}, err
 	}

@@ -125,7 +125,7 @@ func TestSoakSmoke(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	opts, err := parseFlags([]string{"-soak", "4s", "-soak-bucket", "2s", "-soak-rate", "100",
-		"-soak-retention", "1s", "-soak-maintenance", "500ms", "-soak-vacuum-cost-delay", "0",
+		"-soak-retention", "1s", "-soak-maintenance", "500ms", "-soak-vacuum-cost-delay", "0", "-soak-outbox",
 		"-json", filepath.Join(dir, "soak.json"), "-chart", filepath.Join(dir, "soak.svg")})
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +154,9 @@ func TestSoakSmoke(t *testing.T) {
 	last := rep.Soak.Buckets[len(rep.Soak.Buckets)-1]
 	if last.Handled == 0 || last.StreamRows == 0 {
 		t.Errorf("the last bucket handled nothing or made no streams: %+v", last)
+	}
+	if !rep.Soak.Outbox || last.OutboxTableMiB <= 0 || last.OutboxRows == 0 || last.WALMiB <= 0 {
+		t.Errorf("with -soak-outbox the handlers enqueue follow-ups, and every bucket writes WAL: %+v", last)
 	}
 	svg, err := os.ReadFile(filepath.Join(dir, "soak-soak.svg"))
 	if err != nil {

@@ -317,15 +317,25 @@ func soakPlots(s *Soak) ([][]*plot.Plot, error) {
 				series{"p99", func(b SoakBucket) float64 { return b.Claims.P99Ms }})
 		},
 		func() (*plot.Plot, error) {
-			return chart("Table sizes", "MiB",
-				series{"inbox_messages", func(b SoakBucket) float64 { return b.MessagesTableMiB }},
-				series{"its indexes", func(b SoakBucket) float64 { return b.MessagesIndexesMiB }},
-				series{"inbox_streams", func(b SoakBucket) float64 { return b.StreamsMiB }})
+			sizes := []series{
+				{"inbox_messages", func(b SoakBucket) float64 { return b.MessagesTableMiB }},
+				{"its indexes", func(b SoakBucket) float64 { return b.MessagesIndexesMiB }},
+				{"inbox_streams", func(b SoakBucket) float64 { return b.StreamsMiB }},
+			}
+			if s.Outbox {
+				sizes = append(sizes, series{"outbox_messages + indexes", func(b SoakBucket) float64 { return b.OutboxTableMiB + b.OutboxIndexesMiB }})
+			}
+			return chart("Table sizes", "MiB", sizes...)
 		},
 		func() (*plot.Plot, error) {
-			return chart("Rows and dead tuples of inbox_messages", "rows",
-				series{"rows", func(b SoakBucket) float64 { return float64(b.Rows) }},
-				series{"dead tuples", func(b SoakBucket) float64 { return float64(b.DeadTuples) }})
+			rows := []series{
+				{"rows", func(b SoakBucket) float64 { return float64(b.Rows) }},
+				{"dead tuples", func(b SoakBucket) float64 { return float64(b.DeadTuples) }},
+			}
+			if s.Outbox {
+				rows = append(rows, series{"outbox dead tuples", func(b SoakBucket) float64 { return float64(b.OutboxDeadTuples) }})
+			}
+			return chart("Rows and dead tuples", "rows", rows...)
 		},
 		func() (*plot.Plot, error) {
 			return chart("Bench process memory", "MiB",
@@ -349,7 +359,7 @@ func soakPlots(s *Soak) ([][]*plot.Plot, error) {
 }
 
 func plotColor(i int) color.Color {
-	palette := []color.Color{colorInbox, colorMissed, colorMet}
+	palette := []color.Color{colorInbox, colorMissed, colorMet, colorBroker}
 	return palette[i%len(palette)]
 }
 

@@ -106,7 +106,7 @@ func (b *broker) close() { _ = b.conn.Close() }
 // prefetch, ready for the caller to start its clock and consume. cleanup
 // closes the connection and deletes the queue.
 func (b *broker) backlogConsumer(ctx context.Context, prefix string, n, bodySize, prefetch int) (queue string, ch *amqp091.Channel, cleanup func(), err error) {
-	queue, del, err := b.declareQueue(prefix)
+	queue, del, err := b.declareQueue(prefix, nil)
 	if err != nil {
 		return "", nil, nil, err
 	}
@@ -145,16 +145,16 @@ func nextDelivery(ctx context.Context, deliveries <-chan amqp091.Delivery) (amqp
 	}
 }
 
-// declareQueue declares a durable, uniquely named classic queue. del
-// deletes it.
-func (b *broker) declareQueue(prefix string) (name string, del func(), err error) {
+// declareQueue declares a durable, uniquely named classic queue with args
+// (nil for none). del deletes it.
+func (b *broker) declareQueue(prefix string, args amqp091.Table) (name string, del func(), err error) {
 	name = uniqueName(prefix)
 	ch, err := b.conn.Channel()
 	if err != nil {
 		return "", nil, fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
-	if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
+	if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
 		return "", nil, fmt.Errorf("declare queue %s: %w", name, err)
 	}
 	return name, func() {

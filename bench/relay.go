@@ -60,7 +60,7 @@ func (b *bench) relay(ctx context.Context) error {
 // as the relay does. The fastest a publisher that knows each message's fate
 // can go with that many in flight.
 func runRawConfirmed(ctx context.Context, br *broker, n, bodySize, batch int) (Result, error) {
-	queue, del, err := br.declareQueue("bench_raw")
+	queue, del, err := br.declareQueue("bench_raw", nil)
 	if err != nil {
 		return Result{}, err
 	}
@@ -190,7 +190,7 @@ func relayFixture(ctx context.Context, br *broker, pool *pgxpool.Pool, prefix st
 		return "", "", nil, cleanup, err
 	}
 	undo = append(undo, drop)
-	queue, del, err := br.declareQueue(prefix)
+	queue, del, err := br.declareQueue(prefix, nil)
 	if err != nil {
 		return "", "", nil, cleanup, err
 	}

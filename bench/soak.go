@@ -32,6 +32,10 @@ type SoakOptions struct {
 	// autovacuum_vacuum_cost_delay (in ms), in place of the migrations'
 	// (0, see docs/operations.md): 2 is the server default.
 	VacuumCostDelay float64 `json:"vacuum_cost_delay_ms"`
+	// Outbox makes each handler enqueue one follow-up message through an
+	// Outbox, in its transaction, which a Relay publishes: the consumer
+	// service that emits messages, churning outbox_messages as well.
+	Outbox bool `json:"outbox,omitempty"`
 }
 
 func (o *SoakOptions) flags(fs *flag.FlagSet) {
@@ -41,7 +45,8 @@ func (o *SoakOptions) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Retention, "soak-retention", time.Minute, "inbox Config.Retention in the soak, short so cleanup deletes during it")
 	fs.DurationVar(&o.Maintenance, "soak-maintenance", 10*time.Second, "inbox Config.MaintenanceInterval in the soak")
 	fs.DurationVar(&o.StreamExpiry, "soak-stream-expiry", time.Minute, "inbox Config.IdleStreamExpiry in the soak (0: streams are never expired)")
-	fs.Float64Var(&o.VacuumCostDelay, "soak-vacuum-cost-delay", -1, "autovacuum_vacuum_cost_delay of inbox_messages in the soak, in ms (-1: as the migrations set it, 0 since migration 11)")
+	fs.Float64Var(&o.VacuumCostDelay, "soak-vacuum-cost-delay", -1, "autovacuum_vacuum_cost_delay of inbox_messages and outbox_messages in the soak, in ms (-1: as the migrations set it)")
+	fs.BoolVar(&o.Outbox, "soak-outbox", false, "each handler enqueues a follow-up message that a relay publishes (needs -soak-rate)")
 }
 
 func (o SoakOptions) validate() error {
@@ -54,6 +59,8 @@ func (o SoakOptions) validate() error {
 		return errors.New("-soak-retention and -soak-maintenance must be positive")
 	case o.StreamExpiry < 0:
 		return errors.New("-soak-stream-expiry must not be negative")
+	case o.Outbox && o.Rate == 0:
+		return errors.New("-soak-outbox needs -soak-rate: the saturated rate is measured without the outbox")
 	case o.VacuumCostDelay > 100:
 		return errors.New("-soak-vacuum-cost-delay is at most 100 (ms)")
 	}
@@ -65,10 +72,12 @@ type Soak struct {
 	OfferedRate float64 `json:"offered_rate"`
 	// SaturatedRate is the end-to-end rate measured before the soak, when
 	// the offered rate was derived from it.
-	SaturatedRate float64      `json:"saturated_rate,omitempty"`
-	Published     int          `json:"published"`
-	Settings      string       `json:"settings"`
-	Buckets       []SoakBucket `json:"buckets"`
+	SaturatedRate float64 `json:"saturated_rate,omitempty"`
+	Published     int     `json:"published"`
+	Settings      string  `json:"settings"`
+	// Outbox says the handlers enqueued follow-ups (-soak-outbox).
+	Outbox  bool         `json:"outbox,omitempty"`
+	Buckets []SoakBucket `json:"buckets"`
 }
 
 // SoakBucket is what one bucket (a minute by default) of the soak saw.
@@ -98,6 +107,21 @@ type SoakBucket struct {
 	OldestSnapshotSeconds float64 `json:"oldest_snapshot_seconds"`
 	RSSMiB                float64 `json:"rss_mib"`
 	HeapInuseMiB          float64 `json:"heap_inuse_mib"`
+	// What the server did during the bucket, from its statistics:
+	// checkpoints, autovacuum runs finished on inbox_messages (and
+	// outbox_messages), and WAL written. A latency spike beside one of
+	// them has its likely cause.
+	Checkpoints   int64   `json:"checkpoints"`
+	InboxVacuums  int64   `json:"inbox_vacuums"`
+	OutboxVacuums int64   `json:"outbox_vacuums"`
+	WALMiB        float64 `json:"wal_mib"`
+	// outbox_messages at the bucket's end, in a soak with -soak-outbox:
+	// sizes, rows, dead tuples and messages not sent yet.
+	OutboxTableMiB   float64 `json:"outbox_table_mib,omitempty"`
+	OutboxIndexesMiB float64 `json:"outbox_indexes_mib,omitempty"`
+	OutboxRows       int64   `json:"outbox_rows,omitempty"`
+	OutboxDeadTuples int64   `json:"outbox_dead_tuples,omitempty"`
+	OutboxUnsent     int64   `json:"outbox_unsent,omitempty"`
 }
 
 // soakStreamLen is how many messages each soak stream carries: every other
@@ -178,19 +202,35 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 		return nil, err
 	}
 	defer drop()
-	vacuum := "inbox_messages' autovacuum_vacuum_cost_delay as migrated"
+	vacuum := "autovacuum_vacuum_cost_delay of the tables as migrated"
 	if o.VacuumCostDelay >= 0 {
-		vacuum = fmt.Sprintf("autovacuum_vacuum_cost_delay=%gms on inbox_messages", o.VacuumCostDelay)
-		if _, err := pool.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.inbox_messages SET (autovacuum_vacuum_cost_delay = %g)",
-			pgx.Identifier{schema}.Sanitize(), o.VacuumCostDelay)); err != nil {
-			return nil, fmt.Errorf("set the vacuum cost delay: %w", err)
+		vacuum = fmt.Sprintf("autovacuum_vacuum_cost_delay=%gms on inbox_messages and outbox_messages", o.VacuumCostDelay)
+		for _, table := range []string{"inbox_messages", "outbox_messages"} {
+			if _, err := pool.Exec(ctx, fmt.Sprintf("ALTER TABLE %s SET (autovacuum_vacuum_cost_delay = %g)",
+				pgx.Identifier{schema, table}.Sanitize(), o.VacuumCostDelay)); err != nil {
+				return nil, fmt.Errorf("set the vacuum cost delay of %s: %w", table, err)
+			}
 		}
 	}
-	queue, del, err := br.declareQueue("bench_soak")
+	queue, del, err := br.declareQueue("bench_soak", nil)
 	if err != nil {
 		return nil, err
 	}
 	defer del()
+	var ob *inbox.Outbox
+	var sink string
+	if o.Outbox {
+		// The follow-ups go to a queue that keeps the newest 10,000: the
+		// broker confirms each, and nothing has to consume them.
+		var delSink func()
+		if sink, delSink, err = br.declareQueue("bench_soak_sink", amqp091.Table{"x-max-length": int32(10_000)}); err != nil {
+			return nil, err
+		}
+		defer delSink()
+		if ob, err = inbox.NewOutbox(pool, inbox.OutboxConfig{Schema: schema, Retention: o.Retention, Logger: quietLogger()}); err != nil {
+			return nil, err
+		}
+	}
 
 	cfg.Schema, cfg.Logger = schema, quietLogger()
 	cfg.Retention, cfg.MaintenanceInterval, cfg.IdleStreamExpiry = o.Retention, o.Maintenance, o.StreamExpiry
@@ -199,10 +239,14 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 		return nil, err
 	}
 	var win soakWindow
-	in.Handle(benchTopic, func(_ context.Context, _ pgx.Tx, m *inbox.Message) error {
+	in.Handle(benchTopic, func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 		sent, ok := sentAt(m.Body)
 		win.add(time.Since(sent), ok && m.Attempt == 1)
-		return nil
+		if ob == nil {
+			return nil
+		}
+		_, err := ob.Enqueue(ctx, tx, inbox.OutgoingMessage{RoutingKey: sink, Type: "bench.followup", Body: m.Body})
+		return err
 	})
 	if err := in.Start(ctx); err != nil {
 		return nil, err
@@ -222,6 +266,14 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 	defer stop()
 	wait := runReceiver(runCtx, rcv)
 	defer func() { stop(); _ = wait() }()
+	if ob != nil {
+		relay, err := amqp.NewRelay(ob, amqp.RelayConfig{URL: amqpURL(), Logger: quietLogger()})
+		if err != nil {
+			return nil, err
+		}
+		waitRelay := runRelay(runCtx, relay)
+		defer func() { stop(); _ = waitRelay() }()
+	}
 	if err := pollUntil(ctx, 30*time.Second, 10*time.Millisecond, func() bool {
 		q, err := br.inspect(queue)
 		return err == nil && q.Consumers > 0
@@ -235,13 +287,22 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 	}
 	rc := rcv.Config()
 	ic := in.Config()
+	outbox := ""
+	if ob != nil {
+		outbox = fmt.Sprintf(", each handler enqueues a follow-up that a Relay publishes (outbox Retention=%s)", ob.Config().Retention)
+	}
 	s := &Soak{
 		OfferedRate: rate,
+		Outbox:      ob != nil,
 		Published:   int(rate * o.Duration.Seconds()),
 		Settings: fmt.Sprintf("%s, inbox Workers=%d BatchSize=%d Retention=%s MaintenanceInterval=%s CleanupBatch=%d IdleStreamExpiry=%s, every other message in streams of %d, server autovacuum=%s, %s",
-			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, ic.IdleStreamExpiry, soakStreamLen, autovacuum, vacuum),
+			receiverSettings(rc), ic.Workers, ic.BatchSize, ic.Retention, ic.MaintenanceInterval, ic.CleanupBatch, ic.IdleStreamExpiry, soakStreamLen, autovacuum, vacuum) + outbox,
 	}
 	sizes := newSizeQuery(schema)
+	var before soakCounters
+	if before, err = sizes.read(ctx, pool, &SoakBucket{}); err != nil {
+		return nil, err
+	}
 	pubCtx, cancelPub := context.WithCancel(ctx)
 	defer cancelPub()
 	published := make(chan error, 1)
@@ -268,16 +329,22 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 			bk.Handled, bk.Rate = handled, float64(handled)/now.Sub(last).Seconds()
 			bk.P50Ms, bk.P99Ms = lat.P50Ms, lat.P99Ms
 			bk.Claims = *summarizeClaims(claims.take())
-			if err := sizes.read(ctx, pool, &bk); err != nil {
+			cur, err := sizes.read(ctx, pool, &bk)
+			if err != nil {
 				return s, err
 			}
+			bk.Checkpoints, bk.InboxVacuums, bk.OutboxVacuums = cur.checkpoints-before.checkpoints,
+				cur.inboxVacuums-before.inboxVacuums, cur.outboxVacuums-before.outboxVacuums
+			bk.WALMiB = float64(cur.walBytes-before.walBytes) / (1 << 20)
+			before = cur
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			bk.RSSMiB, bk.HeapInuseMiB = float64(rssBytes())/(1<<20), float64(ms.HeapInuse)/(1<<20)
 			s.Buckets = append(s.Buckets, bk)
 			last = now
-			logf("  soak %6.0fs: %6.0f msg/s, p50 %.1f ms, p99 %.1f ms, claim p50 %.2f ms, table %.1f MiB, indexes %.1f MiB, %d dead tuples, oldest snapshot %.0f s, RSS %.0f MiB",
-				bk.EndSeconds, bk.Rate, bk.P50Ms, bk.P99Ms, bk.Claims.P50Ms, bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.DeadTuples, bk.OldestSnapshotSeconds, bk.RSSMiB)
+			logf("  soak %6.0fs: %6.0f msg/s, p50 %.1f ms, p99 %.1f ms, claim p50 %.2f ms, table %.1f MiB, indexes %.1f MiB, %d dead tuples, oldest snapshot %.0f s, RSS %.0f MiB; %d checkpoints, %d+%d vacuums, %.0f MiB WAL; outbox %.1f+%.1f MiB, %d dead, %d unsent",
+				bk.EndSeconds, bk.Rate, bk.P50Ms, bk.P99Ms, bk.Claims.P50Ms, bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.DeadTuples, bk.OldestSnapshotSeconds, bk.RSSMiB,
+				bk.Checkpoints, bk.InboxVacuums, bk.OutboxVacuums, bk.WALMiB, bk.OutboxTableMiB, bk.OutboxIndexesMiB, bk.OutboxDeadTuples, bk.OutboxUnsent)
 		}
 	}
 	cancelPub()
@@ -289,33 +356,51 @@ func runSoak(ctx context.Context, br *broker, o SoakOptions, rate float64, bodyS
 	return s, nil
 }
 
-// sizeQuery reads the inbox tables' sizes and dead tuples.
-type sizeQuery struct{ sql, messages, streams string }
+// sizeQuery reads the soak's tables' sizes and dead tuples, and the
+// server's counters.
+type sizeQuery struct{ sql, messages, streams, outbox string }
+
+// soakCounters are the server's running totals that a bucket reports the
+// growth of.
+type soakCounters struct{ checkpoints, inboxVacuums, outboxVacuums, walBytes int64 }
 
 func newSizeQuery(schema string) sizeQuery {
 	q := pgx.Identifier{schema}.Sanitize()
 	return sizeQuery{
 		messages: q + ".inbox_messages",
 		streams:  q + ".inbox_streams",
+		outbox:   q + ".outbox_messages",
 		sql: `
 SELECT pg_table_size($1::regclass), pg_indexes_size($1::regclass), pg_total_relation_size($2::regclass),
        coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $1::regclass), 0),
        (SELECT count(*) FROM ` + q + `.inbox_messages), (SELECT count(*) FROM ` + q + `.inbox_streams),
        coalesce((SELECT greatest(extract(epoch FROM now() - min(xact_start)), 0) FROM pg_stat_activity
-                 WHERE backend_xmin IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()), 0)`,
+                 WHERE backend_xmin IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()), 0),
+       pg_table_size($3::regclass), pg_indexes_size($3::regclass),
+       coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = $3::regclass), 0),
+       (SELECT count(*) FROM ` + q + `.outbox_messages), (SELECT count(*) FROM ` + q + `.outbox_messages WHERE state = 'pending'),
+       (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+       coalesce((SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = $1::regclass), 0),
+       coalesce((SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = $3::regclass), 0),
+       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint`,
 	}
 }
 
+// read fills bk's sizes and returns the server's counters.
 func (q sizeQuery) read(ctx context.Context, pool interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, bk *SoakBucket) error {
-	var table, indexes, streams int64
-	if err := pool.QueryRow(ctx, q.sql, q.messages, q.streams).Scan(&table, &indexes, &streams, &bk.DeadTuples, &bk.Rows, &bk.StreamRows, &bk.OldestSnapshotSeconds); err != nil {
-		return fmt.Errorf("read table sizes: %w", err)
+}, bk *SoakBucket) (soakCounters, error) {
+	var table, indexes, streams, outboxTable, outboxIndexes int64
+	var c soakCounters
+	if err := pool.QueryRow(ctx, q.sql, q.messages, q.streams, q.outbox).Scan(&table, &indexes, &streams, &bk.DeadTuples, &bk.Rows, &bk.StreamRows,
+		&bk.OldestSnapshotSeconds, &outboxTable, &outboxIndexes, &bk.OutboxDeadTuples, &bk.OutboxRows, &bk.OutboxUnsent,
+		&c.checkpoints, &c.inboxVacuums, &c.outboxVacuums, &c.walBytes); err != nil {
+		return c, fmt.Errorf("read table sizes: %w", err)
 	}
 	const mib = 1 << 20
 	bk.MessagesTableMiB, bk.MessagesIndexesMiB, bk.StreamsMiB = float64(table)/mib, float64(indexes)/mib, float64(streams)/mib
-	return nil
+	bk.OutboxTableMiB, bk.OutboxIndexesMiB = float64(outboxTable)/mib, float64(outboxIndexes)/mib
+	return c, nil
 }
 
 // compare adds the soak's last-bucket-over-first ratios to r.
@@ -345,11 +430,23 @@ func (s *Soak) writeMarkdown(b *strings.Builder) {
 		fmt.Fprintf(b, " (half the saturated end-to-end rate of %s msg/s)", thousands(s.SaturatedRate))
 	}
 	fmt.Fprintf(b, ", %d messages; %s.\n\n", s.Published, s.Settings)
-	b.WriteString("| End (s) | Handled (msg/s) | Latency p50 / p99 (ms) | Claim p50 / p99 (ms) | Messages table / indexes (MiB) | Rows | Dead tuples | Oldest snapshot (s) | Streams (rows, MiB) | RSS / heap (MiB) |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| End (s) | Handled (msg/s) | Latency p50 / p99 (ms) | Claim p50 / p99 (ms) | Messages table / indexes (MiB) | Rows | Dead tuples | Oldest snapshot (s) | Streams (rows, MiB) | RSS / heap (MiB) | Checkpoints, vacuums, WAL (MiB) |")
+	if s.Outbox {
+		b.WriteString(" Outbox table / indexes (MiB) | Outbox rows, dead, unsent |")
+	}
+	b.WriteString("\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	if s.Outbox {
+		b.WriteString("---:|---:|")
+	}
+	b.WriteString("\n")
 	for _, k := range s.Buckets {
-		fmt.Fprintf(b, "| %.0f | %s | %.1f / %.1f | %.2f / %.2f | %.1f / %.1f | %d | %d | %.0f | %d, %.1f | %.0f / %.1f |\n",
+		fmt.Fprintf(b, "| %.0f | %s | %.1f / %.1f | %.2f / %.2f | %.1f / %.1f | %d | %d | %.0f | %d, %.1f | %.0f / %.1f | %d, %d, %.0f |",
 			k.EndSeconds, thousands(k.Rate), k.P50Ms, k.P99Ms, k.Claims.P50Ms, k.Claims.P99Ms,
-			k.MessagesTableMiB, k.MessagesIndexesMiB, k.Rows, k.DeadTuples, k.OldestSnapshotSeconds, k.StreamRows, k.StreamsMiB, k.RSSMiB, k.HeapInuseMiB)
+			k.MessagesTableMiB, k.MessagesIndexesMiB, k.Rows, k.DeadTuples, k.OldestSnapshotSeconds, k.StreamRows, k.StreamsMiB, k.RSSMiB, k.HeapInuseMiB,
+			k.Checkpoints, k.InboxVacuums+k.OutboxVacuums, k.WALMiB)
+		if s.Outbox {
+			fmt.Fprintf(b, " %.1f / %.1f | %d, %d, %d |", k.OutboxTableMiB, k.OutboxIndexesMiB, k.OutboxRows, k.OutboxDeadTuples, k.OutboxUnsent)
+		}
+		b.WriteString("\n")
 	}
 }

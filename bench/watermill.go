@@ -27,7 +27,7 @@ const watermillUUIDHeader = "_watermill_message_uuid"
 // one delivery: the subscription may see the shutdown before the last ack
 // (it selects between the two), and then requeues that handled message.
 func runWatermillIngest(ctx context.Context, br *broker, n, bodySize, prefetch int) (Result, error) {
-	queue, del, err := br.declareQueue("bench_watermill")
+	queue, del, err := br.declareQueue("bench_watermill", nil)
 	if err != nil {
 		return Result{}, err
 	}
