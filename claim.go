@@ -186,11 +186,16 @@ func (e *engine) loadStreams(ctx context.Context, tx pgx.Tx, streams []*streamWo
 		return nil
 	}
 	b := &pgx.Batch{}
+	b.Queue(claimPlanning)
 	for _, s := range streams {
 		b.Queue(e.sql.loadStream, s.source, s.stream, e.cfg.StreamBatchSize, s.nextSeq)
 	}
+	b.Queue(handlerPlanning)
 	br := tx.SendBatch(ctx, b)
 	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return fmt.Errorf("load streams: %w", err)
+	}
 	for _, s := range streams {
 		rows, err := br.Query()
 		if err != nil {

@@ -29,15 +29,39 @@ type beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// inIndexOrder makes the statement that follows it, in the same
-// transaction, walk an index in order and stop at its limit. When a table's
-// statistics lag behind a burst of rows (a new table, a backlog grown since
-// the last ANALYZE), the planner expects fewer matching rows than the limit,
-// so it reads them all and sorts them: every batch then costs the whole
-// backlog (25 ms for 20,000 rows, against 1 ms, for the relay's claim).
-// Without a sort there is no such plan. Nor JIT: where a sort is still
-// needed, the planner's penalty for it would set off compilation.
-const inIndexOrder = `SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`
+// inIndexOrder makes the statements that follow it, in the same
+// transaction, walk indexes in order, find rows by their keys and stop at
+// their limits, whatever the statistics say. When a table's statistics lag
+// behind a burst of rows (a new table, a backlog grown since the last
+// ANALYZE), the planner expects fewer matching rows than there are, so it
+// reads them all and sorts them, or scans a table to find a few keys:
+// every batch then costs the whole backlog (25 ms for 20,000 rows, against
+// 1 ms, for the relay's claim). A generic plan, which a prepared statement
+// gets after five runs and keeps while the tables change, makes that
+// lasting: made while a queue was quiet, the workers' plans scanned
+// inbox_messages for a stream's messages and read and sorted every due
+// message in each claim (seconds a claim in a soak, and a backlog that
+// then only grew). Without sorts where an index gives the order, and
+// without sequential scans, no such plan is left. Nor JIT: where a sort is
+// still needed, it carries the planner's penalty, far above
+// jit_above_cost, and compiling took seconds a statement.
+const inIndexOrder = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true),
+       set_config('jit', 'off', true)`
+
+// claimPlanning is inIndexOrder for a claim's transaction, which the
+// handlers share: it keeps the session's settings, and handlerPlanning,
+// before the handlers run, puts them back, so that their statements are
+// planned as the application configured.
+const (
+	claimPlanning = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true),
+       set_config('jit', 'off', true)
+FROM (SELECT set_config('inbox.enable_sort', current_setting('enable_sort'), true),
+             set_config('inbox.enable_seqscan', current_setting('enable_seqscan'), true),
+             set_config('inbox.jit', current_setting('jit'), true)) saved`
+	handlerPlanning = `SELECT set_config('enable_sort', current_setting('inbox.enable_sort'), true),
+       set_config('enable_seqscan', current_setting('inbox.enable_seqscan'), true),
+       set_config('jit', current_setting('inbox.jit'), true)`
+)
 
 // execInIndexOrder runs sql, a statement that takes a batch in an index's
 // order, in a transaction of its own after inIndexOrder.

@@ -78,5 +78,8 @@ func (e *engine) rewriteHeads(ctx context.Context, tx pgx.Tx, keys []streamKey, 
 	if b.Len() == 0 {
 		return nil
 	}
-	return tx.SendBatch(ctx, b).Close()
+	// Only in the library's own transactions (operators' actions, the gap
+	// sweep), which end soon after.
+	pb := &pgx.Batch{QueuedQueries: append([]*pgx.QueuedQuery{{SQL: inIndexOrder}}, b.QueuedQueries...)}
+	return tx.SendBatch(ctx, pb).Close()
 }

@@ -55,20 +55,3 @@ SELECT set_config('idle_in_transaction_session_timeout', $1, true),
 func (c Config) claimLimitArg() string {
 	return strconv.FormatInt(c.claimLimit().Milliseconds(), 10)
 }
-
-// claimPlanning, then handlerPlanning, bracket a claim's statements. The
-// claims walk their indexes in order and stop at their limits (see
-// inIndexOrder): a generic plan, which a prepared statement gets after five
-// runs, guesses few due rows and would otherwise read and sort them all.
-// Without JIT: the sort the unordered claim needs to merge its topics
-// then costs as much as the planner's penalty for a sort, far above
-// jit_above_cost, and compiling took seconds a claim. The handlers that run
-// later in the same transaction plan their statements with the session's
-// own settings again.
-const (
-	claimPlanning = `SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)
-FROM (SELECT set_config('inbox.enable_sort', current_setting('enable_sort'), true),
-             set_config('inbox.jit', current_setting('jit'), true)) saved`
-	handlerPlanning = `SELECT set_config('enable_sort', current_setting('inbox.enable_sort'), true),
-       set_config('jit', current_setting('inbox.jit'), true)`
-)

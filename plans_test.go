@@ -105,20 +105,21 @@ SELECT '', 'grown-' || g, 1, repeat('x', 200) FROM generate_series(1, 20000) g`,
 		})
 }
 
-// The claims plan with enable_sort and jit off (see limits.go); the
+// The claims plan with enable_sort, enable_seqscan and jit off (see
+// limits.go); the
 // handlers that run after them in the same transaction must plan with the
 // session's settings again, for unordered and ordered messages alike.
 func TestHandlersPlanWithTheSessionsSettings(t *testing.T) {
 	b := setup(t)
 	var session string
-	if err := b.pool.QueryRow(b.ctx, `SELECT current_setting('enable_sort') || ' ' || current_setting('jit')`).Scan(&session); err != nil {
+	if err := b.pool.QueryRow(b.ctx, `SELECT current_setting('enable_sort') || ' ' || current_setting('enable_seqscan') || ' ' || current_setting('jit')`).Scan(&session); err != nil {
 		t.Fatal(err)
 	}
 	in := b.newInbox(inbox.Config{})
 	settings := make(chan string, 2)
 	in.Handle("t", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 		var s string
-		if err := tx.QueryRow(ctx, `SELECT current_setting('enable_sort') || ' ' || current_setting('jit')`).Scan(&s); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT current_setting('enable_sort') || ' ' || current_setting('enable_seqscan') || ' ' || current_setting('jit')`).Scan(&s); err != nil {
 			return err
 		}
 		settings <- m.ID + ": " + s
@@ -130,7 +131,7 @@ func TestHandlersPlanWithTheSessionsSettings(t *testing.T) {
 	}
 	for range 2 {
 		if s := <-settings; !strings.HasSuffix(s, ": "+session) {
-			t.Errorf("a handler ran with enable_sort and jit %q, want the session's (%s)", s, session)
+			t.Errorf("a handler ran with enable_sort, enable_seqscan and jit %q, want the session's (%s)", s, session)
 		}
 	}
 }
