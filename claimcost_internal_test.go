@@ -357,8 +357,9 @@ VALUES ($1, 'late', 't', '', now() - interval '1 hour')`, DefaultSource); err !=
 // starts; then a backlog builds and the attempt starts churn. Such plans
 // read and sorted every due row in each claim (in a soak, 580 ms a claim,
 // sorting on disk), or scanned the attempt starts for each due row (51 s
-// for one claim). The claims, after claimPlanning, and the workers' other
-// statements over a stream's backlog must still stop at their limits.
+// for one claim). The claims and a stream's load, after claimPlanning, and
+// the head refresh and the gap sweep, planned afresh (customPlans), must
+// still stop at their limits.
 func TestClaimsStopAtTheirLimitInGenericPlans(t *testing.T) {
 	t.Parallel()
 	// A database of its own: another test's new schema would make the
@@ -403,8 +404,8 @@ func TestClaimsStopAtTheirLimitInGenericPlans(t *testing.T) {
 		{"unordered claim", claimPlanning, in.e.sql.claimUnordered, `50, ARRAY['t'], ARRAY['-infinity'::timestamptz]`, 50},
 		{"stream claim", claimPlanning, in.e.sql.claimStreams, `8, ARRAY['t']`, 8},
 		{"stream load", claimPlanning, in.e.sql.loadStream, `'` + DefaultSource + `', 'long', 20, 1`, 20},
-		{"head refresh", inIndexOrder, in.e.sql.refreshHeads, `ARRAY['` + DefaultSource + `'], ARRAY['long']`, 0},
-		{"gap sweep", inIndexOrder, in.e.sql.findGaps, `60.0, 1000`, 0},
+		{"head refresh", customPlans, in.e.sql.refreshHeads, `ARRAY['` + DefaultSource + `'], ARRAY['long']`, 0},
+		{"gap sweep", customPlans, in.e.sql.findGaps, `60.0, 1000`, 0},
 	}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {

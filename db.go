@@ -29,29 +29,40 @@ type beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// inIndexOrder makes the statements that follow it, in the same
-// transaction, walk indexes in order, find rows by their keys and stop at
-// their limits, whatever the statistics say. When a table's statistics lag
-// behind a burst of rows (a new table, a backlog grown since the last
-// ANALYZE), the planner expects fewer matching rows than there are, so it
-// reads them all and sorts them, or scans a table to find a few keys:
-// every batch then costs the whole backlog (25 ms for 20,000 rows, against
-// 1 ms, for the relay's claim). A generic plan, which a prepared statement
-// gets after five runs and keeps while the tables change, makes that
-// lasting: made while a queue was quiet, the workers' plans scanned
-// inbox_messages for a stream's messages and read and sorted every due
-// message in each claim (seconds a claim in a soak, and a backlog that
-// then only grew). Without sorts where an index gives the order, and
-// without sequential scans, no such plan is left. Nor JIT: where a sort is
-// still needed, it carries the planner's penalty, far above
-// jit_above_cost, and compiling took seconds a statement.
-const inIndexOrder = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true),
-       set_config('jit', 'off', true)`
+// inIndexOrder makes the statement that follows it, in the same
+// transaction, walk an index in order and stop at its limit. When a table's
+// statistics lag behind a burst of rows (a new table, a backlog grown since
+// the last ANALYZE), the planner expects fewer matching rows than the limit,
+// so it reads them all and sorts them: every batch then costs the whole
+// backlog (25 ms for 20,000 rows, against 1 ms, for the relay's claim).
+// Without a sort there is no such plan. Nor JIT: where a sort is still
+// needed, it carries the planner's penalty for a sort, far above
+// jit_above_cost, and compiling took seconds a statement. Only for
+// statements where an index gives every order they need: elsewhere the
+// planner would walk a whole index in its order to spare a sort of a few
+// rows (a head refresh did, 660 ms a stream).
+const inIndexOrder = `SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`
 
-// claimPlanning is inIndexOrder for a claim's transaction, which the
-// handlers share: it keeps the session's settings, and handlerPlanning,
-// before the handlers run, puts them back, so that their statements are
-// planned as the application configured.
+// customPlans makes the statements that follow it, in the same
+// transaction, be planned on every run, with their arguments and the
+// tables as they are then, even when pgx runs them as prepared statements:
+// PostgreSQL keeps a generic plan for those after five runs, and one made
+// while a queue was quiet scanned inbox_messages for a stream's few rows
+// (a head refresh read 24,000 rows to rewrite one stream's head). For the
+// statements that run once per claim at most, where planning is cheap
+// beside that risk.
+const customPlans = `SELECT set_config('plan_cache_mode', 'force_custom_plan', true)`
+
+// claimPlanning is inIndexOrder, and no sequential scans, for the claims,
+// in a transaction the handlers share: it keeps the session's settings,
+// which handlerPlanning puts back before the handlers run, so that their
+// statements are planned as the application configured. A generic plan (a
+// prepared statement's, after five runs), made while a queue was quiet,
+// guesses few due rows and few attempt starts: it read and sorted every due
+// message in each claim (580 ms a claim in a soak, sorting on disk, and a
+// backlog that then only grew), or scanned the attempt starts once for
+// each due message (see started in sql_worker.go). The claims find every
+// row by an index, so no sequential scan is ever right for them.
 const (
 	claimPlanning = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true),
        set_config('jit', 'off', true)

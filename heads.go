@@ -63,6 +63,8 @@ func (e *engine) queueHeads(b *pgx.Batch, keys []streamKey, restore bool) {
 	if restore {
 		b.Queue(e.sql.restoreStreams, sources, streams, *e.cfg.FirstSeq)
 	}
+	// Until the transaction ends, which follows soon in every caller.
+	b.Queue(customPlans)
 	b.Queue(e.sql.refreshHeads, sources, streams)
 }
 
@@ -78,8 +80,5 @@ func (e *engine) rewriteHeads(ctx context.Context, tx pgx.Tx, keys []streamKey, 
 	if b.Len() == 0 {
 		return nil
 	}
-	// Only in the library's own transactions (operators' actions, the gap
-	// sweep), which end soon after.
-	pb := &pgx.Batch{QueuedQueries: append([]*pgx.QueuedQuery{{SQL: inIndexOrder}}, b.QueuedQueries...)}
-	return tx.SendBatch(ctx, pb).Close()
+	return tx.SendBatch(ctx, b).Close()
 }

@@ -112,7 +112,7 @@ func (e *engine) sweepGaps(ctx context.Context, db beginner) (int, error) {
 		return 0, fmt.Errorf("begin gap sweep: %w", err)
 	}
 	defer rollback(tx)
-	if _, err := tx.Exec(ctx, inIndexOrder); err != nil {
+	if _, err := tx.Exec(ctx, customPlans); err != nil {
 		return 0, fmt.Errorf("find gaps: %w", err)
 	}
 	rows, err := tx.Query(ctx, e.sql.findGaps, e.cfg.GapTimeout.Seconds(), 1000)

@@ -106,7 +106,7 @@ SELECT '', 'grown-' || g, 1, repeat('x', 200) FROM generate_series(1, 20000) g`,
 }
 
 // The claims plan with enable_sort, enable_seqscan and jit off (see
-// limits.go); the
+// db.go); the
 // handlers that run after them in the same transaction must plan with the
 // session's settings again, for unordered and ordered messages alike.
 func TestHandlersPlanWithTheSessionsSettings(t *testing.T) {

@@ -55,9 +55,7 @@ func (e *engine) settle(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 	if b.Len() == 0 {
 		return nil
 	}
-	// Planned as the claims are: the transaction commits after it.
-	pb := &pgx.Batch{QueuedQueries: append([]*pgx.QueuedQuery{{SQL: inIndexOrder}}, b.QueuedQueries...)}
-	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("record outcomes: %w", err)
 	}
 	return nil
@@ -88,10 +86,8 @@ func (e *engine) abort(ctx context.Context, tx pgx.Tx, st *starts, err error) er
 	}
 	recordCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// One implicit transaction: the count, then its stream's head,
-	// planned as the claims are.
+	// One implicit transaction: the count, then its stream's head.
 	b := &pgx.Batch{}
-	b.Queue(inIndexOrder)
 	var counted int
 	b.Queue(e.sql.countBrokenAttempt, m.RowID, m.Attempt-1, errorText(ae.err), f.delay.Seconds(), f.dead, parkReason).
 		QueryRow(func(row pgx.Row) error { return row.Scan(&counted) })
