@@ -3,6 +3,7 @@ package inbox
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -98,10 +99,17 @@ func explainRows(t *testing.T, ctx context.Context, db beginner, table, before, 
 	if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+sql, args...).Scan(&plans); err != nil {
 		t.Fatalf("explain: %v\n%s", err, sql)
 	}
+	return planRows(plans, table)
+}
+
+// planRows reads an EXPLAIN (ANALYZE, FORMAT JSON) result: the rows of its
+// top node, and the rows that its scans of tables produced or removed by
+// filter, over all their loops.
+func planRows(plans []map[string]any, tables ...string) (returned, read int) {
 	top := plans[0]["Plan"].(map[string]any)
 	var walk func(n map[string]any)
 	walk = func(n map[string]any) {
-		if n["Relation Name"] == table {
+		if r, _ := n["Relation Name"].(string); slices.Contains(tables, r) {
 			loops, _ := n["Actual Loops"].(float64)
 			rows, _ := n["Actual Rows"].(float64)
 			removed, _ := n["Rows Removed by Filter"].(float64)
@@ -466,20 +474,5 @@ func explainGenericRows(t *testing.T, ctx context.Context, conn *pgxpool.Conn, b
 	if _, ok := plans[0]["JIT"]; ok {
 		t.Errorf("the plan of %s was compiled (JIT), which costs up to seconds a claim", name)
 	}
-	top := plans[0]["Plan"].(map[string]any)
-	var walk func(n map[string]any)
-	walk = func(n map[string]any) {
-		if r := n["Relation Name"]; r == "inbox_messages" || r == "inbox_stream_heads" || r == "inbox_attempt_starts" {
-			loops, _ := n["Actual Loops"].(float64)
-			rows, _ := n["Actual Rows"].(float64)
-			removed, _ := n["Rows Removed by Filter"].(float64)
-			read += int((rows + removed) * max(loops, 1))
-		}
-		children, _ := n["Plans"].([]any)
-		for _, c := range children {
-			walk(c.(map[string]any))
-		}
-	}
-	walk(top)
-	return int(top["Actual Rows"].(float64)), read
+	return planRows(plans, "inbox_messages", "inbox_stream_heads", "inbox_attempt_starts")
 }
