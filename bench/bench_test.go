@@ -34,7 +34,7 @@ func TestSmoke(t *testing.T) {
 	}
 
 	want := []string{resultDBCeiling, resultBrokerCeiling, resultIngestInbox, resultIngestNaive, resultIngestWatermill,
-		resultProcessingInbox, resultProcessingRiver, resultDBProcessing, resultBlockedClean, resultBlockedInbox,
+		resultProcessingInbox, resultProcessingEmit, resultProcessingRiver, resultDBProcessing, resultBlockedClean, resultBlockedInbox,
 		resultOrderedInbox, latencyFixedID, latencySaturationID, resultRelayRaw, resultRelayInbox, resultRelayLatency, resultScaleInbox}
 	for _, id := range want {
 		res, ok := rep.result(id)

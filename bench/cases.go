@@ -22,7 +22,7 @@ func (b *bench) processing(ctx context.Context) error {
 	if batch == 0 {
 		batch = inbox.DefaultBatchSize
 	}
-	var inboxRounds, riverRounds, dbRounds []Result
+	var inboxRounds, emitRounds, riverRounds, dbRounds []Result
 	for range b.opts.Rounds {
 		res, err := runInboxProcessing(ctx, inboxRun{
 			name: "processing", messages: b.opts.Messages, bodySize: b.opts.Body, cfg: b.inboxConfig(),
@@ -31,6 +31,12 @@ func (b *bench) processing(ctx context.Context) error {
 			return err
 		}
 		inboxRounds = append(inboxRounds, res...)
+		if res, err = runInboxProcessing(ctx, inboxRun{
+			name: "processing emit", messages: b.opts.Messages, bodySize: b.opts.Body, cfg: b.inboxConfig(), emit: true,
+		}); err != nil {
+			return err
+		}
+		emitRounds = append(emitRounds, res...)
 		r, err := runRiver(ctx, b.opts.Messages, b.opts.Body, s)
 		if err != nil {
 			return err
@@ -42,6 +48,7 @@ func (b *bench) processing(ctx context.Context) error {
 		dbRounds = append(dbRounds, r)
 	}
 	b.record(resultProcessingInbox, "Processing: inbox, unordered, no-op handler", best(inboxRounds))
+	b.record(resultProcessingEmit, "Processing: inbox, handler enqueues a follow-up", best(emitRounds))
 	b.record(resultProcessingRiver, "Processing: River, no-op worker", best(riverRounds))
 	b.record(resultDBProcessing, "Database processing ceiling: claim and mark done in SQL", best(dbRounds))
 	return nil

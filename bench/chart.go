@@ -28,6 +28,7 @@ var chartLabels = map[string]string{
 	resultDBProcessing:    "DB ceiling: claim + mark done",
 	resultProcessingInbox: "Process: inbox",
 	resultProcessingRiver: "Process: River",
+	resultProcessingEmit:  "Process: inbox, emitting",
 	resultBlockedClean:    "Process: inbox, clean",
 	resultBlockedInbox:    "Process: inbox, blocked rows",
 	resultOrderedInbox:    "Ordered: inbox, 1000 streams",

@@ -169,6 +169,10 @@ type inboxRun struct {
 	blocked  int
 	bodySize int
 	cfg      inbox.Config
+	// emit makes the handler enqueue one follow-up message per message
+	// through an Outbox in its transaction (no relay runs: they stay
+	// pending): a consumer service that emits messages.
+	emit bool
 }
 
 // runInboxProcessing loads the pending rows once, then runs r.rounds
@@ -275,10 +279,24 @@ func inboxRound(ctx context.Context, pool *pgxpool.Pool, cfg inbox.Config, r inb
 		return Result{}, err
 	}
 	c := newCounter(r.messages)
-	in.Handle(benchTopic, func(context.Context, pgx.Tx, *inbox.Message) error {
+	handler := func(context.Context, pgx.Tx, *inbox.Message) error {
 		c.add()
 		return nil
-	})
+	}
+	if r.emit {
+		ob, err := inbox.NewOutbox(pool, inbox.OutboxConfig{Schema: cfg.Schema, Logger: quietLogger()})
+		if err != nil {
+			return Result{}, err
+		}
+		handler = func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+			_, err := ob.Enqueue(ctx, tx, inbox.OutgoingMessage{RoutingKey: "bench.followups", Type: "followup", Body: m.Body})
+			if err == nil {
+				c.add()
+			}
+			return err
+		}
+	}
+	in.Handle(benchTopic, handler)
 	mem := startMemSampler(50 * time.Millisecond)
 	cpu, start := startCPU(), time.Now()
 	if err := in.Start(ctx); err != nil {
@@ -300,6 +318,9 @@ func inboxRound(ctx context.Context, pool *pgxpool.Pool, cfg inbox.Config, r inb
 	}
 	cfg = in.Config()
 	settings := fmt.Sprintf("Workers=%d BatchSize=%d", cfg.Workers, cfg.BatchSize)
+	if r.emit {
+		settings += fmt.Sprintf(", each handler enqueues one %d-byte follow-up (Outbox.Enqueue, no relay running)", r.bodySize)
+	}
 	if r.streams > 0 {
 		settings = fmt.Sprintf("Workers=%d StreamsPerClaim=%d StreamBatchSize=%d, %d streams",
 			cfg.Workers, cfg.StreamsPerClaim, cfg.StreamBatchSize, r.streams)

@@ -151,6 +151,7 @@ const (
 	resultIngestWatermill = "ingest/watermill"
 	resultProcessingInbox = "processing/inbox"
 	resultProcessingRiver = "processing/river"
+	resultProcessingEmit  = "processing/inbox-emit"
 	resultBlockedClean    = "blocked/clean"
 	resultBlockedInbox    = "blocked/inbox"
 	resultOrderedInbox    = "ordered/inbox"
@@ -178,6 +179,7 @@ func (r *Report) compare() {
 	ratio("ingest vs database ceiling", resultIngestInbox, resultDBCeiling, "", 0)
 	ratio("processing vs River", resultProcessingInbox, resultProcessingRiver, ">=", targetInboxVsRiver)
 	ratio("processing vs database processing ceiling", resultProcessingInbox, resultDBProcessing, "", 0)
+	ratio("processing with a follow-up per message vs no-op", resultProcessingEmit, resultProcessingInbox, "", 0)
 	ratio("blocked rows vs clean", resultBlockedInbox, resultBlockedClean, ">=", targetBlockedVsClean)
 	claimRatio := func(name string, p func(*ClaimLatency) float64) {
 		a, okA := r.result(resultBlockedInbox)
