@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,14 +13,23 @@ import (
 // failing handler roll back only its own. The savepoint is opened lazily, on
 // the handler's first statement, so handlers that do not write cost no
 // round trip.
+//
+// A handler that succeeds leaves its savepoint open (held): releasing it
+// would cost a round trip of its own, so the next handler that writes
+// releases it in the round trip that opens its own savepoint, and the
+// batch's commit takes whatever is still held. The release used to catch a
+// handler that swallowed an SQL error and returned nil; the server's
+// transaction status, which comes back with every statement, tells that
+// without one.
 type handlerTx struct {
 	tx     pgx.Tx
+	held   *bool // a succeeded handler's savepoint is still open; shared by a claim's handlers
 	opened bool
 }
 
 const (
 	savepointOpen     = "SAVEPOINT inbox_handler"
-	savepointRelease  = "RELEASE SAVEPOINT inbox_handler"
+	savepointNext     = "RELEASE SAVEPOINT inbox_handler; SAVEPOINT inbox_handler"
 	savepointRollback = "ROLLBACK TO SAVEPOINT inbox_handler; RELEASE SAVEPOINT inbox_handler"
 )
 
@@ -27,26 +37,35 @@ func (h *handlerTx) ensure(ctx context.Context) error {
 	if h.opened {
 		return nil
 	}
-	if _, err := h.tx.Exec(ctx, savepointOpen); err != nil {
+	sql := savepointOpen
+	if *h.held {
+		sql = savepointNext
+	}
+	if _, err := h.tx.Exec(ctx, sql); err != nil {
 		return err
 	}
-	h.opened = true
+	h.opened, *h.held = true, false
 	return nil
 }
 
-// finish releases the savepoint after a successful handler, or rolls back to
+// finish holds the savepoint after a successful handler, or rolls back to
 // it after a failed one. An error means the transaction is unusable.
 func (h *handlerTx) finish(ctx context.Context, handlerFailed bool) error {
 	if !h.opened {
 		return nil
 	}
 	h.opened = false
-	sql := savepointRelease
 	if handlerFailed {
-		sql = savepointRollback
+		_, err := h.tx.Exec(ctx, savepointRollback)
+		return err
 	}
-	_, err := h.tx.Exec(ctx, sql)
-	return err
+	// 'T': in a transaction that has not failed. A statement of the
+	// handler failed ('E'), or the transaction was ended under it ('I').
+	if conn := h.tx.Conn(); conn.IsClosed() || conn.PgConn().TxStatus() != 'T' {
+		return errors.New("the transaction failed in the handler, or was ended by it")
+	}
+	*h.held = true
+	return nil
 }
 
 func (h *handlerTx) Begin(ctx context.Context) (pgx.Tx, error) {

@@ -19,6 +19,9 @@ type outcomes struct {
 	failed     []failedRun
 	late       []lateMessage
 	streams    []*streamWork
+	// savepointHeld: a succeeded handler's savepoint is still open (see
+	// handlerTx).
+	savepointHeld bool
 }
 
 // failedRun is a message whose attempt failed, and what follows: a retry
@@ -132,7 +135,7 @@ func (e *engine) runOne(ctx context.Context, tx pgx.Tx, m *Message, out *outcome
 		// counted outside it; do not run the handler again.
 		f = failedRun{msg: m, dead: true, err: fmt.Errorf("exceeded %d attempts", e.cfg.MaxAttempts)}
 	default:
-		herr, err := e.runHandler(ctx, tx, m)
+		herr, err := e.runHandler(ctx, tx, m, &out.savepointHeld)
 		if err != nil {
 			return nil, err
 		}
@@ -146,14 +149,15 @@ func (e *engine) runOne(ctx context.Context, tx pgx.Tx, m *Message, out *outcome
 	return &f, nil
 }
 
-// runHandler calls the topic's handler inside a savepoint. herr is the
-// handler's failure; err means the transaction is lost.
-func (e *engine) runHandler(ctx context.Context, tx pgx.Tx, m *Message) (herr, err error) {
+// runHandler calls the topic's handler inside a savepoint (held: see
+// handlerTx). herr is the handler's failure; err means the transaction is
+// lost.
+func (e *engine) runHandler(ctx context.Context, tx pgx.Tx, m *Message, held *bool) (herr, err error) {
 	h := e.handlers.get(m.Topic)
 	if h == nil {
 		return fmt.Errorf("no handler registered for topic %q", m.Topic), nil
 	}
-	htx := &handlerTx{tx: tx}
+	htx := &handlerTx{tx: tx, held: held}
 	hctx, cancel := context.WithTimeout(ctx, e.cfg.HandlerTimeout)
 	hctx, span := e.tel.startHandler(hctx, m)
 	hctx = withHandlerRun(hctx, m) // an Outbox.Enqueue in the handler derives its IDs from m

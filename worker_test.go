@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -221,5 +222,59 @@ func TestBackendKilledMidHandlerProcessedOnceLater(t *testing.T) {
 	}
 	if calls.Load() < 2 {
 		t.Fatalf("handler calls = %d; the killed attempt should have been retried", calls.Load())
+	}
+}
+
+// Handlers of one batch share its transaction; each one's writes stand or
+// fall with its own outcome, whatever its neighbours did: a failure after
+// writing keeps none of its writes and none of its neighbours' are lost,
+// an ordered stream's as much as the unordered ones'.
+func TestFailingHandlerUndoesOnlyItsOwnWrites(t *testing.T) {
+	b := setup(t)
+	in := b.newInbox(inbox.Config{Workers: 1, MaxAttempts: 1})
+	// By ID: write then succeed, write then fail, fail without writing.
+	fate := func(id string) string { return strings.SplitN(id, "-", 2)[0] }
+	in.Handle("t", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+		if fate(m.ID) == "quiet" {
+			return errors.New("fails without writing")
+		}
+		if err := b.effect(ctx, tx, m); err != nil {
+			return err
+		}
+		if fate(m.ID) == "undo" {
+			return errors.New("fails after writing")
+		}
+		return nil
+	})
+	var batch []inbox.Message
+	for i, f := range []string{"keep", "undo", "keep", "keep", "quiet", "keep", "undo", "undo", "keep", "quiet"} {
+		batch = append(batch, inbox.Message{ID: fmt.Sprintf("%s-%d", f, i), Topic: "t"})
+		// The same fates in a stream, whose messages run one after the
+		// other in the claim.
+		batch = append(batch, inbox.Message{ID: fmt.Sprintf("%s-s%d", f, i), Topic: "t", Stream: fmt.Sprintf("s%d", i), Seq: 1})
+	}
+	if _, err := in.Store(b.ctx, batch...); err != nil {
+		t.Fatal(err)
+	}
+	b.start(in)
+	b.waitState("done", 10, 10*time.Second)
+	b.waitState("dead", 10, 10*time.Second)
+	rows, err := b.pool.Query(b.ctx, `SELECT message_id FROM `+b.q+`.effects ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, m := range batch {
+		if fate(m.ID) == "keep" {
+			want = append(want, m.ID)
+		}
+	}
+	slices.Sort(want)
+	if !slices.Equal(kept, want) {
+		t.Errorf("effects kept %v, want exactly those of the handlers that succeeded: %v", kept, want)
 	}
 }
