@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -184,7 +185,11 @@ func (o *Outbox) enqueue(ctx context.Context, tx pgx.Tx, msgs []OutgoingMessage)
 		}
 		res.IDs[i] = m.ID
 	}
-	rows, err := tx.Query(ctx, o.sql.enqueue, ids, dests, exchanges, keys, types, ctypes, streams, headers, bodies, o.notifyChannel())
+	sql := o.sql.enqueueUnordered
+	if slices.ContainsFunc(streams, func(s string) bool { return s != "" }) {
+		sql = o.sql.enqueue
+	}
+	rows, err := tx.Query(ctx, sql, ids, dests, exchanges, keys, types, ctypes, streams, headers, bodies, o.notifyChannel())
 	if err != nil {
 		return EnqueueResult{}, fmt.Errorf("inbox: enqueue %d outgoing messages: %w", n, err)
 	}

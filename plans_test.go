@@ -103,25 +103,28 @@ func TestOutboxEnqueueKeepsAGenericPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	const calls = 12
-	for i := range calls {
-		err := pgx.BeginFunc(b.ctx, conn, func(tx pgx.Tx) error {
-			_, err := ob.Enqueue(b.ctx, tx, inbox.OutgoingMessage{ID: fmt.Sprintf("m-%d", i), RoutingKey: "q", Body: []byte("x")})
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
+	// Messages without a stream and with one have statements of their own.
+	for _, stream := range []string{"", "s"} {
+		const calls = 12
+		for i := range calls {
+			err := pgx.BeginFunc(b.ctx, conn, func(tx pgx.Tx) error {
+				_, err := ob.Enqueue(b.ctx, tx, inbox.OutgoingMessage{ID: fmt.Sprintf("m-%s-%d", stream, i), RoutingKey: "q", Stream: stream, Body: []byte("x")})
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	var custom, generic int64
-	if err := conn.QueryRow(b.ctx, `SELECT custom_plans, generic_plans FROM pg_prepared_statements
-WHERE statement LIKE '%INSERT INTO ' || $1 || '.outbox_messages%'`, b.q).Scan(&custom, &generic); err != nil {
-		t.Fatalf("find the enqueue statement: %v", err)
-	}
-	// PostgreSQL plans the first five calls for their values, then
-	// compares with a generic plan.
-	if custom > 5 || custom+generic != calls {
-		t.Errorf("%d Enqueue calls made %d custom and %d generic plans: want at most 5 custom, the rest generic", calls, custom, generic)
+		var custom, generic int64
+		if err := conn.QueryRow(b.ctx, `SELECT custom_plans, generic_plans FROM pg_prepared_statements
+WHERE statement LIKE '%INSERT INTO ' || $1 || '.outbox_messages%' AND (statement LIKE '%outbox_streams%') = $2`, b.q, stream != "").Scan(&custom, &generic); err != nil {
+			t.Fatalf("find the enqueue statement (stream %q): %v", stream, err)
+		}
+		// PostgreSQL plans the first five calls for their values, then
+		// compares with a generic plan.
+		if custom > 5 || custom+generic != calls {
+			t.Errorf("%d Enqueue calls (stream %q) made %d custom and %d generic plans: want at most 5 custom, the rest generic", calls, stream, custom, generic)
+		}
 	}
 }
 

@@ -9,9 +9,10 @@ import (
 // outboxQueries holds every statement of an Outbox, built once with its
 // schema filled in, as queries does for an Inbox (sql.go).
 type outboxQueries struct {
-	enqueue, claim, markSent, markFailed, cleanup string
-	stats, list, lockDead, retryDead, deleteDead  string
-	listen                                        string
+	enqueue, enqueueUnordered                    string
+	claim, markSent, markFailed, cleanup         string
+	stats, list, lockDead, retryDead, deleteDead string
+	listen                                       string
 }
 
 func newOutboxQueries(schema string) (q outboxQueries) {
@@ -20,34 +21,12 @@ func newOutboxQueries(schema string) (q outboxQueries) {
 	// next numbers (the counter row stays locked until the caller's
 	// commit, which serialises enqueuers of one stream in commit order),
 	// insert, and NOTIFY relays at commit.
-	//
-	// The ID test is a scalar subquery, not NOT EXISTS: the planner may
-	// turn NOT EXISTS into a hash anti join that reads the whole table,
-	// the cheaper plan while the table is new and small, and a prepared
-	// statement keeps that plan (its generic one) as the table grows until
-	// an ANALYZE replans it. A scalar subquery is never made a join: each
-	// message probes the ID's unique index (plans_test.go).
-	//
-	// The input is read through generate_subscripts, not unnest: the
-	// planner sizes unnest of a known array by its length and of a
-	// parameter at 100 rows, so a custom plan (for one message) always
-	// looked cheaper than the generic one and PostgreSQL planned the
-	// statement afresh on every call, 0.2 ms of the server's time each,
-	// more than running it. generate_subscripts is sized alike in both,
-	// so the generic plan is kept after five calls (plans_test.go).
-	q.enqueue = r.Replace(`
-WITH input AS (
-    SELECT g.ord, ($1::text[])[g.ord] AS message_id, ($2::text[])[g.ord] AS destination,
-           ($3::text[])[g.ord] AS exchange, ($4::text[])[g.ord] AS routing_key, ($5::text[])[g.ord] AS type,
-           ($6::text[])[g.ord] AS content_type, ($7::text[])[g.ord] AS stream, ($8::text[])[g.ord] AS headers,
-           ($9::bytea[])[g.ord] AS body
-    FROM generate_subscripts($1::text[], 1) AS g(ord)
-),
+	q.enqueue = r.Replace(enqueueInput + `,
 fresh AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.stream ORDER BY i.ord) AS k,
            count(*) OVER (PARTITION BY i.stream) AS n
     FROM input i
-    WHERE (SELECT true FROM {schema}.outbox_messages o WHERE o.message_id = i.message_id) IS NULL
+    WHERE ` + enqueueIsNew + `
 ),
 counters AS (
     INSERT INTO {schema}.outbox_streams AS s (stream, last_seq)
@@ -63,11 +42,21 @@ inserted AS (
     FROM fresh f LEFT JOIN counters c ON c.stream = f.stream
     ORDER BY f.ord
     RETURNING message_id, coalesce(seq, 0)
-),
-notified AS (
-    SELECT pg_notify($10, '') FROM (SELECT 1 FROM inserted LIMIT 1) one WHERE $10 <> ''
-)
-SELECT * FROM inserted WHERE (SELECT count(*) FROM notified) >= 0`)
+),` + enqueueNotify)
+
+	// The same for messages none of which has a stream (the usual
+	// follow-up): no numbering, no counters, about a third less of the
+	// server's time per call. The arguments are the same ($7 is unused).
+	q.enqueueUnordered = r.Replace(enqueueInput + `,
+inserted AS (
+    INSERT INTO {schema}.outbox_messages
+        (message_id, destination, exchange, routing_key, type, content_type, headers, body)
+    SELECT i.message_id, i.destination, i.exchange, i.routing_key, i.type, i.content_type, i.headers::jsonb, i.body
+    FROM input i
+    WHERE ` + enqueueIsNew + `
+    ORDER BY i.ord
+    RETURNING message_id, 0::bigint
+),` + enqueueNotify)
 
 	// A stream's message is claimable only when every earlier one is
 	// sent: while a relay holds message n (locked, in flight), n+1 is not
@@ -134,3 +123,36 @@ UPDATE {schema}.outbox_messages SET state = 'pending', attempts = 0, run_at = no
 	q.listen = "LISTEN " + sqlident.Quote(OutboxNotifyChannel(schema))
 	return q
 }
+
+// The parts of the enqueue statements, for their arguments: message IDs,
+// destinations, exchanges, routing keys, types, content types, streams
+// (empty: none), headers (JSON), bodies, the NOTIFY channel (empty: none).
+const (
+	// The input is read through generate_subscripts, not unnest: the
+	// planner sizes unnest of a known array by its length and of a
+	// parameter at 100 rows, so a custom plan (for one message) always
+	// looked cheaper than the generic one and PostgreSQL planned the
+	// statement afresh on every call, 0.2 ms of the server's time each,
+	// more than running it. generate_subscripts is sized alike in both,
+	// so the generic plan is kept after five calls (plans_test.go).
+	enqueueInput = `
+WITH input AS (
+    SELECT g.ord, ($1::text[])[g.ord] AS message_id, ($2::text[])[g.ord] AS destination,
+           ($3::text[])[g.ord] AS exchange, ($4::text[])[g.ord] AS routing_key, ($5::text[])[g.ord] AS type,
+           ($6::text[])[g.ord] AS content_type, ($7::text[])[g.ord] AS stream, ($8::text[])[g.ord] AS headers,
+           ($9::bytea[])[g.ord] AS body
+    FROM generate_subscripts($1::text[], 1) AS g(ord)
+)`
+	// The ID test is a scalar subquery, not NOT EXISTS: the planner may
+	// turn NOT EXISTS into a hash anti join that reads the whole table,
+	// the cheaper plan while the table is new and small, and a prepared
+	// statement keeps that plan (its generic one) as the table grows until
+	// an ANALYZE replans it. A scalar subquery is never made a join: each
+	// message probes the ID's unique index (plans_test.go).
+	enqueueIsNew  = `(SELECT true FROM {schema}.outbox_messages o WHERE o.message_id = i.message_id) IS NULL`
+	enqueueNotify = `
+notified AS (
+    SELECT pg_notify($10, '') FROM (SELECT 1 FROM inserted LIMIT 1) one WHERE $10 <> ''
+)
+SELECT * FROM inserted WHERE (SELECT count(*) FROM notified) >= 0`
+)
