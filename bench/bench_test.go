@@ -343,3 +343,13 @@ func TestChartsWithEveryComparison(t *testing.T) {
 		}
 	}
 }
+
+// A server process that ends between the readings must not count against
+// the others: the broker's helpers come and go.
+func TestCPUUsedCountsOnlyLiveProcesses(t *testing.T) {
+	start := map[int]float64{1: 5, 2: 3}
+	end := map[int]float64{1: 7, 3: 1} // 2 ended, 3 is new
+	if got := used(start, end); got != 3 {
+		t.Fatalf("used = %v, want 3 (2 by process 1, 1 by process 3)", got)
+	}
+}

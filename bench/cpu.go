@@ -27,9 +27,13 @@ func (c *CPU) String() string {
 		c.BrokerMicros, c.DatabaseMicros, c.BenchMicros, c.IdlePercent)
 }
 
-// cpuTimes are cumulative CPU seconds at one moment.
+// cpuTimes are cumulative CPU seconds at one moment: the servers' per
+// process, since a process can end between two readings (the broker's
+// short-lived helpers do), and what it had used would then count
+// against the rest.
 type cpuTimes struct {
-	broker, database, self float64
+	broker, database map[int]float64 // by PID
+	self             float64
 	// idle and total are the machine's, in clock ticks.
 	idle, total float64
 	ok          bool
@@ -49,11 +53,21 @@ func (m cpuMeter) stop(messages int) *CPU {
 	}
 	per := func(a, b float64) float64 { return (b - a) / float64(messages) * 1e6 }
 	return &CPU{
-		BrokerMicros:   per(m.start.broker, end.broker),
-		DatabaseMicros: per(m.start.database, end.database),
+		BrokerMicros:   per(0, used(m.start.broker, end.broker)),
+		DatabaseMicros: per(0, used(m.start.database, end.database)),
 		BenchMicros:    per(m.start.self, end.self),
 		IdlePercent:    100 * (end.idle - m.start.idle) / (end.total - m.start.total),
 	}
+}
+
+// used is the CPU seconds the processes of end used since start: a process
+// new since start counts from zero, one gone by end is not counted.
+func used(start, end map[int]float64) float64 {
+	var sum float64
+	for pid, secs := range end {
+		sum += secs - start[pid]
+	}
+	return sum
 }
 
 // clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on Linux.
@@ -82,15 +96,20 @@ func readCPU() cpuTimes {
 		return t
 	}
 	t.self = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+	t.broker, t.database = map[int]float64{}, map[int]float64{}
 	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range paths {
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil {
+			continue
+		}
 		comm, secs, ok := processCPU(p)
 		switch {
 		case !ok:
 		case comm == "postgres":
-			t.database += secs
+			t.database[pid] = secs
 		case comm == "beam.smp" || strings.HasPrefix(comm, "erl_child"):
-			t.broker += secs
+			t.broker[pid] = secs
 		}
 	}
 	t.ok = true
