@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -33,7 +32,7 @@ const (
 // statement also makes a sequence number below its stream's watermark one,
 // unless the watermark skipped it (a late arrival, stored dead).
 // It returns each message's fate, in the order of msgs.
-func (e *engine) insert(ctx context.Context, db querier, msgs []Message) ([]fate, error) {
+func (e *engine) insert(ctx context.Context, db batcher, msgs []Message) ([]fate, error) {
 	fates := make([]fate, len(msgs)) // fateDuplicate unless the statement returns the key
 	if len(msgs) == 0 {
 		return fates, nil
@@ -68,14 +67,11 @@ func (e *engine) insert(ctx context.Context, db querier, msgs []Message) ([]fate
 		headers[j], start = all[start:end], end
 	}
 
-	rows, err := db.Query(ctx, e.sql.store, sources, ids, topics, streams, seqs, headers, bodies, *e.cfg.FirstSeq, e.cfg.notifyChannel())
-	if err != nil {
-		return nil, fmt.Errorf("inbox: store batch of %d: %w", n, err)
-	}
 	// The returned keys are read in place, not copied.
 	var source, id pgtype.DriverBytes
 	var late bool
-	_, err = pgx.ForEachRow(rows, []any{&source, &id, &late}, func() error {
+	args := []any{sources, ids, topics, streams, seqs, headers, bodies, *e.cfg.FirstSeq, e.cfg.notifyChannel()}
+	err := queryGeneric(ctx, db, e.sql.store, args, []any{&source, &id, &late}, func() error {
 		j, found := slices.BinarySearchFunc(order, 0, func(i, _ int) int {
 			if c := compareText(e.sourceOf(&msgs[i]), source); c != 0 {
 				return c

@@ -52,7 +52,7 @@ func newExpiryBundle(t *testing.T) *expiryBundle {
 	return b
 }
 
-func (b *expiryBundle) store(db querier, id string, seq int64) StoreResult {
+func (b *expiryBundle) store(db batcher, id string, seq int64) StoreResult {
 	b.t.Helper()
 	res, err := b.in.e.store(b.ctx, db, []Message{{ID: id, Topic: "t", Stream: "s", Seq: seq}})
 	if err != nil {

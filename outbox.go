@@ -189,14 +189,11 @@ func (o *Outbox) enqueue(ctx context.Context, tx pgx.Tx, msgs []OutgoingMessage)
 	if slices.ContainsFunc(streams, func(s string) bool { return s != "" }) {
 		sql = o.sql.enqueue
 	}
-	rows, err := tx.Query(ctx, sql, ids, dests, exchanges, keys, types, ctypes, streams, headers, bodies, o.notifyChannel())
-	if err != nil {
-		return EnqueueResult{}, fmt.Errorf("inbox: enqueue %d outgoing messages: %w", n, err)
-	}
 	seqs := map[string]int64{}
 	var id string
 	var seq int64
-	if _, err := pgx.ForEachRow(rows, []any{&id, &seq}, func() error { seqs[id] = seq; return nil }); err != nil {
+	args := []any{ids, dests, exchanges, keys, types, ctypes, streams, headers, bodies, o.notifyChannel()}
+	if err := queryGeneric(ctx, tx, sql, args, []any{&id, &seq}, func() error { seqs[id] = seq; return nil }); err != nil {
 		return EnqueueResult{}, fmt.Errorf("inbox: enqueue %d outgoing messages: %w", n, err)
 	}
 	for i, id := range res.IDs {

@@ -128,6 +128,41 @@ WHERE statement LIKE '%INSERT INTO ' || $1 || '.outbox_messages%' AND (statement
 	}
 }
 
+// A service that stores what it receives one message at a time (StoreTx in
+// its own transaction, say) calls the store statement once per message: it
+// must be planned once per connection too.
+func TestStoreKeepsAGenericPlan(t *testing.T) {
+	b := setupAlone(t)
+	in := b.newInbox(inbox.Config{})
+	conn, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	const calls = 12
+	for i := range calls {
+		err := pgx.BeginFunc(b.ctx, conn, func(tx pgx.Tx) error {
+			m := inbox.Message{ID: fmt.Sprintf("m-%d", i), Topic: "t"}
+			if i%2 == 1 {
+				m.Stream, m.Seq = "s", int64(i/2+1)
+			}
+			_, err := in.StoreTx(b.ctx, tx, m)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var custom, generic int64
+	if err := conn.QueryRow(b.ctx, `SELECT custom_plans, generic_plans FROM pg_prepared_statements
+WHERE statement LIKE '%INSERT INTO ' || $1 || '.inbox_messages%'`, b.q).Scan(&custom, &generic); err != nil {
+		t.Fatalf("find the store statement: %v", err)
+	}
+	if custom > 5 || custom+generic != calls {
+		t.Errorf("%d StoreTx calls made %d custom and %d generic plans: want at most 5 custom, the rest generic", calls, custom, generic)
+	}
+}
+
 // The claims run several times a second per worker, most of them finding
 // little; planning each afresh cost the server as much as running them.
 // They must keep their generic plan (whose shape

@@ -128,20 +128,11 @@ UPDATE {schema}.outbox_messages SET state = 'pending', attempts = 0, run_at = no
 // destinations, exchanges, routing keys, types, content types, streams
 // (empty: none), headers (JSON), bodies, the NOTIFY channel (empty: none).
 const (
-	// The input is read through generate_subscripts, not unnest: the
-	// planner sizes unnest of a known array by its length and of a
-	// parameter at 100 rows, so a custom plan (for one message) always
-	// looked cheaper than the generic one and PostgreSQL planned the
-	// statement afresh on every call, 0.2 ms of the server's time each,
-	// more than running it. generate_subscripts is sized alike in both,
-	// so the generic plan is kept after five calls (plans_test.go).
 	enqueueInput = `
 WITH input AS (
-    SELECT g.ord, ($1::text[])[g.ord] AS message_id, ($2::text[])[g.ord] AS destination,
-           ($3::text[])[g.ord] AS exchange, ($4::text[])[g.ord] AS routing_key, ($5::text[])[g.ord] AS type,
-           ($6::text[])[g.ord] AS content_type, ($7::text[])[g.ord] AS stream, ($8::text[])[g.ord] AS headers,
-           ($9::bytea[])[g.ord] AS body
-    FROM generate_subscripts($1::text[], 1) AS g(ord)
+    SELECT u.*
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[])
+        WITH ORDINALITY AS u(message_id, destination, exchange, routing_key, type, content_type, stream, headers, body, ord)
 )`
 	// The ID test is a scalar subquery, not NOT EXISTS: the planner may
 	// turn NOT EXISTS into a hash anti join that reads the whole table,

@@ -20,6 +20,11 @@ func newStoreQueries(r *strings.Replacer) (q storeQueries) {
 	// expiry safe against it (expiry.go). Until this statement has the
 	// lock, a head row being expired is deleted with its stream, so
 	// this statement then creates both again.
+	//
+	// Each message looks its stream up in a subquery of its own (LIMIT 1
+	// keeps it one): joined, a generic plan made while inbox_streams was
+	// small hashed the whole table for every batch as it grew
+	// (plans_test.go).
 	q.store = r.Replace(`
 WITH input AS (
     SELECT u.source, u.message_id, u.topic, NULLIF(u.stream, '') AS stream,
@@ -34,7 +39,11 @@ fated AS (
         ELSE ` + lateArrival("i") + `
     END AS late, coalesce(s.next_seq, $8::bigint) AS watermark
     FROM input i
-    LEFT JOIN {schema}.inbox_streams s ON s.source = i.source AND s.stream = i.stream
+    LEFT JOIN LATERAL (
+        SELECT s.next_seq FROM {schema}.inbox_streams s
+        WHERE i.stream IS NOT NULL AND s.source = i.source AND s.stream = i.stream
+        LIMIT 1
+    ) s ON true
 ),
 inserted AS (
     INSERT INTO {schema}.inbox_messages (source, message_id, topic, stream, seq, headers, body, state, last_error)

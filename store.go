@@ -58,7 +58,7 @@ func (in *Inbox) StoreTx(ctx context.Context, tx pgx.Tx, msgs ...Message) (Store
 
 // store validates msgs, then inserts them: a batch with an invalid message
 // stores nothing.
-func (e *engine) store(ctx context.Context, db querier, msgs []Message) (StoreResult, error) {
+func (e *engine) store(ctx context.Context, db batcher, msgs []Message) (StoreResult, error) {
 	for i := range msgs {
 		if err := e.validate(i, &msgs[i]); err != nil {
 			return StoreResult{}, err
