@@ -91,40 +91,45 @@ SELECT 'grown-' || g, 'q', 'sent', convert_to(repeat('x', 200), 'UTF8') FROM gen
 		})
 }
 
+// checkGenericPlans runs op calls times on one connection, each in a
+// transaction of its own, and fails unless the prepared statement that
+// where picks out of pg_prepared_statements (a condition on its text, with
+// args) ran with its generic plan after at most five custom ones.
+func (b *bundle) checkGenericPlans(name string, op func(tx pgx.Tx, i int) error, where string, args ...any) {
+	b.t.Helper()
+	conn, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer conn.Release()
+	const calls = 12
+	for i := range calls {
+		if err := pgx.BeginFunc(b.ctx, conn, func(tx pgx.Tx) error { return op(tx, i) }); err != nil {
+			b.t.Fatalf("%s, call %d: %v", name, i, err)
+		}
+	}
+	var custom, generic int64
+	if err := conn.QueryRow(b.ctx, `SELECT custom_plans, generic_plans FROM pg_prepared_statements WHERE `+where, args...).Scan(&custom, &generic); err != nil {
+		b.t.Fatalf("find the statement of %s: %v", name, err)
+	}
+	if custom > 5 || custom+generic != calls {
+		b.t.Errorf("%d calls of %s made %d custom and %d generic plans: want the generic plan, after at most 5 custom ones", calls, name, custom, generic)
+	}
+}
+
 // A handler that emits a follow-up calls Enqueue once per message, so the
 // statement must be planned once per connection, not on every call: its
 // planning cost the server more than running it (0.2 ms against 0.09),
 // and an emitting consumer handled messages at an eighth of the no-op rate.
+// Messages without a stream and with one have statements of their own.
 func TestOutboxEnqueueKeepsAGenericPlan(t *testing.T) {
 	b := setupAlone(t)
 	ob := b.newOutbox(inbox.OutboxConfig{})
-	conn, err := b.pool.Acquire(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	// Messages without a stream and with one have statements of their own.
 	for _, stream := range []string{"", "s"} {
-		const calls = 12
-		for i := range calls {
-			err := pgx.BeginFunc(b.ctx, conn, func(tx pgx.Tx) error {
-				_, err := ob.Enqueue(b.ctx, tx, inbox.OutgoingMessage{ID: fmt.Sprintf("m-%s-%d", stream, i), RoutingKey: "q", Stream: stream, Body: []byte("x")})
-				return err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		var custom, generic int64
-		if err := conn.QueryRow(b.ctx, `SELECT custom_plans, generic_plans FROM pg_prepared_statements
-WHERE statement LIKE '%INSERT INTO ' || $1 || '.outbox_messages%' AND (statement LIKE '%outbox_streams%') = $2`, b.q, stream != "").Scan(&custom, &generic); err != nil {
-			t.Fatalf("find the enqueue statement (stream %q): %v", stream, err)
-		}
-		// PostgreSQL plans the first five calls for their values, then
-		// compares with a generic plan.
-		if custom > 5 || custom+generic != calls {
-			t.Errorf("%d Enqueue calls (stream %q) made %d custom and %d generic plans: want at most 5 custom, the rest generic", calls, stream, custom, generic)
-		}
+		b.checkGenericPlans(fmt.Sprintf("Enqueue (stream %q)", stream), func(tx pgx.Tx, i int) error {
+			_, err := ob.Enqueue(b.ctx, tx, inbox.OutgoingMessage{ID: fmt.Sprintf("m-%s-%d", stream, i), RoutingKey: "q", Stream: stream, Body: []byte("x")})
+			return err
+		}, `statement LIKE '%INSERT INTO ' || $1 || '.outbox_messages%' AND (statement LIKE '%outbox_streams%') = $2`, b.q, stream != "")
 	}
 }
 
@@ -134,33 +139,14 @@ WHERE statement LIKE '%INSERT INTO ' || $1 || '.outbox_messages%' AND (statement
 func TestStoreKeepsAGenericPlan(t *testing.T) {
 	b := setupAlone(t)
 	in := b.newInbox(inbox.Config{})
-	conn, err := b.pool.Acquire(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	const calls = 12
-	for i := range calls {
-		err := pgx.BeginFunc(b.ctx, conn, func(tx pgx.Tx) error {
-			m := inbox.Message{ID: fmt.Sprintf("m-%d", i), Topic: "t"}
-			if i%2 == 1 {
-				m.Stream, m.Seq = "s", int64(i/2+1)
-			}
-			_, err := in.StoreTx(b.ctx, tx, m)
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
+	b.checkGenericPlans("StoreTx", func(tx pgx.Tx, i int) error {
+		m := inbox.Message{ID: fmt.Sprintf("m-%d", i), Topic: "t"}
+		if i%2 == 1 {
+			m.Stream, m.Seq = "s", int64(i/2+1)
 		}
-	}
-	var custom, generic int64
-	if err := conn.QueryRow(b.ctx, `SELECT custom_plans, generic_plans FROM pg_prepared_statements
-WHERE statement LIKE '%INSERT INTO ' || $1 || '.inbox_messages%'`, b.q).Scan(&custom, &generic); err != nil {
-		t.Fatalf("find the store statement: %v", err)
-	}
-	if custom > 5 || custom+generic != calls {
-		t.Errorf("%d StoreTx calls made %d custom and %d generic plans: want at most 5 custom, the rest generic", calls, custom, generic)
-	}
+		_, err := in.StoreTx(b.ctx, tx, m)
+		return err
+	}, `statement LIKE '%INSERT INTO ' || $1 || '.inbox_messages%'`, b.q)
 }
 
 // Store's statement keeps an index probe of inbox_streams in its generic
