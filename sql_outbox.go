@@ -46,7 +46,8 @@ inserted AS (
 
 	// The same for messages none of which has a stream (the usual
 	// follow-up): no numbering, no counters, about a third less of the
-	// server's time per call. The arguments are the same ($7 is unused).
+	// server's time per call. The arguments are the same; the streams
+	// ($7, all empty) are read with the input and left unused.
 	q.enqueueUnordered = r.Replace(enqueueInput + `,
 inserted AS (
     INSERT INTO {schema}.outbox_messages

@@ -51,11 +51,11 @@ func (m cpuMeter) stop(messages int) *CPU {
 	if !m.start.ok || !end.ok || messages <= 0 || end.total <= m.start.total {
 		return nil
 	}
-	per := func(a, b float64) float64 { return (b - a) / float64(messages) * 1e6 }
+	per := func(secs float64) float64 { return secs / float64(messages) * 1e6 }
 	return &CPU{
-		BrokerMicros:   per(0, used(m.start.broker, end.broker)),
-		DatabaseMicros: per(0, used(m.start.database, end.database)),
-		BenchMicros:    per(m.start.self, end.self),
+		BrokerMicros:   per(used(m.start.broker, end.broker)),
+		DatabaseMicros: per(used(m.start.database, end.database)),
+		BenchMicros:    per(end.self - m.start.self),
 		IdlePercent:    100 * (end.idle - m.start.idle) / (end.total - m.start.total),
 	}
 }
